@@ -1,0 +1,1 @@
+"""Side effects, one module per concern. Workflows reach the outside world only through these."""

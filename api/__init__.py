@@ -1,0 +1,1 @@
+"""The HTTP facade: FastAPI app, auth, errors, and one router per resource."""

@@ -1,0 +1,70 @@
+"""The FastAPI application and its lifespan: database, Temporal link, routers, middleware."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from api import errors
+from api.metrics import MetricsMiddleware
+from api.routers import docs, probes, tokens
+from api.temporal import TemporalLink
+from settings import VERSION, Settings
+from store.engine import Database
+
+DESCRIPTION = """
+Pilothouse runs agent and pipeline work as durable Temporal workflows that stop at
+approval gates for a human to decide.
+
+**Auth.** Every route but the probes, `/metrics` and these docs needs a token, sent as
+`Authorization: Bearer <token>` or `X-API-Key: <token>`. A missing or unknown token is a 401;
+a token without the route's scope is a 403. Admin tokens hold every scope.
+
+**Errors** always have the body `{detail, error_code, timestamp}`.
+**Lists** take `?skip=&limit=` and answer `{items, total, skip, limit, links}`.
+**Creates** honour an `Idempotency-Key` header: repeating it returns the same resource.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.db = Database(settings.db_url)
+        app.state.temporal = TemporalLink(settings)
+        await app.state.temporal.start()
+        try:
+            yield
+        finally:
+            await app.state.temporal.stop()
+            await app.state.db.dispose()
+
+    app = FastAPI(
+        title="Pilothouse",
+        version=VERSION,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "auth", "description": "API tokens and their scopes"},
+            {"name": "probes", "description": "Liveness, readiness, health and metrics"},
+        ],
+    )
+    app.state.settings = settings
+    errors.install(app)
+    for router in (probes.router, docs.router, tokens.router):
+        app.include_router(router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
+    app.add_middleware(MetricsMiddleware, router=app.router)
+    logging.getLogger("pilothouse").setLevel(settings.log_level.upper())
+    return app

@@ -1,0 +1,53 @@
+"""The one auth dependency: a token from `Authorization: Bearer` or `X-API-Key`, then scopes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from api.errors import ApiError
+from store.tokens import Principal, Scope, authenticate
+
+_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <token>`")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="`X-API-Key: <token>`")
+
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+async def current_principal(
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    api_key: Annotated[str | None, Depends(_api_key)],
+) -> Principal:
+    secret = bearer.credentials if bearer else api_key
+    if not secret:
+        raise ApiError(
+            401,
+            "NOT_AUTHENTICATED",
+            "missing token: send 'Authorization: Bearer <token>' or 'X-API-Key: <token>'",
+            _CHALLENGE,
+        )
+    async with request.app.state.db.session() as session:
+        principal = await authenticate(session, secret)
+    if principal is None:
+        raise ApiError(401, "INVALID_TOKEN", "token is unknown, revoked or expired", _CHALLENGE)
+    request.state.principal = principal
+    return principal
+
+
+def require(*scopes: Scope) -> Any:
+    """A dependency that admits a token holding every one of `scopes` (admin holds all)."""
+
+    async def check(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+        missing = [s.value for s in scopes if not principal.allows(s)]
+        if missing:
+            raise ApiError(
+                403,
+                "INSUFFICIENT_SCOPE",
+                f"token {principal.name!r} lacks scope {', '.join(missing)}",
+            )
+        return principal
+
+    return Depends(check)

@@ -1,0 +1,75 @@
+"""`Annotated` dependency aliases every router uses."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio.client import Client
+
+from api.auth import require
+from api.errors import ApiError
+from settings import Settings
+from store.engine import Database
+from store.tokens import Principal, Scope
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _database(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+async def _session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with _database(request).session() as session:
+        yield session
+
+
+def _temporal(request: Request) -> Client:
+    return request.app.state.temporal.client  # type: ignore[no-any-return]
+
+
+_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+def _idempotency_key(
+    key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="Repeat a create with the same key to get the same resource back",
+        ),
+    ] = None,
+) -> str | None:
+    if key is not None and not _KEY_PATTERN.match(key):
+        raise ApiError(
+            422,
+            "VALIDATION_ERROR",
+            "header.Idempotency-Key: 1 to 255 printable ASCII characters, no spaces",
+        )
+    return key
+
+
+def _new_work_allowed(settings: Annotated[Settings, Depends(_settings)]) -> None:
+    if settings.pause_new_work:
+        raise ApiError(
+            503, "NEW_WORK_PAUSED", "new work is paused by the pause_new_work kill switch"
+        )
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+DatabaseDep = Annotated[Database, Depends(_database)]
+SessionDep = Annotated[AsyncSession, Depends(_session)]
+TemporalDep = Annotated[Client, Depends(_temporal)]
+IdempotencyKeyDep = Annotated[str | None, Depends(_idempotency_key)]
+NewWorkAllowed = Depends(_new_work_allowed)
+
+Admin = Annotated[Principal, require(Scope.admin)]
+AnyToken = Annotated[Principal, require()]

@@ -1,0 +1,71 @@
+"""Pilothouse settings: one object, read from `PILOTHOUSE_*` variables and `.env`."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+VERSION = "0.1.0"
+
+
+class Settings(BaseSettings):
+    """Every knob of Pilothouse. The embedded default needs none of them set."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PILOTHOUSE_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    data_dir: Path = Field(Path(".pilothouse"), description="Where SQLite files and artifacts live")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default is SQLite in the data directory"
+    )
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+    temporal_address: str | None = Field(
+        None, description="host:port of Temporal; default is the embedded dev server"
+    )
+    temporal_namespace: str = "default"
+    temporal_port: int = Field(7233, ge=1, le=65535)
+    ui_port: int = Field(8233, ge=1, le=65535)
+    task_queue: str = "pilothouse"
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated origins; CORS is off when empty"
+    )
+    pause_new_work: bool = Field(False, description="Kill switch: refuse new runs, jobs and tasks")
+    auto_approve: bool = Field(
+        True, description="Kill switch: when false, gates configured to auto-approve wait"
+    )
+    log_level: str = "info"
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @cached_property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'pilothouse.db').resolve()}"
+
+    @cached_property
+    def temporal_target(self) -> str:
+        return self.temporal_address or f"127.0.0.1:{self.temporal_port}"
+
+    @cached_property
+    def database_identity(self) -> str:
+        """A short, stable hash of the database URL with any password masked."""
+        masked = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", self.db_url)
+        return hashlib.sha256(masked.encode()).hexdigest()[:12]
+
+    @property
+    def kill_switches(self) -> dict[str, bool]:
+        return {"pause_new_work": self.pause_new_work, "auto_approve": self.auto_approve}

@@ -1,0 +1,107 @@
+"""The tables. Every change here comes with a migration in `store/migrations/versions/`."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite hands back naive ones)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _when(nullable: bool = False, **kwargs: Any) -> Any:
+    return Field(sa_column=sa.Column(UTCDateTime(), nullable=nullable), **kwargs)
+
+
+class Token(SQLModel, table=True):
+    """An API token. Only the SHA-256 of the secret is kept."""
+
+    __tablename__ = "tokens"
+    __table_args__ = (
+        # A name is unique among live tokens; a revoked token's name may be reused.
+        sa.Index(
+            "ix_tokens_live_name",
+            "name",
+            unique=True,
+            sqlite_where=sa.text("revoked_at IS NULL"),
+            postgresql_where=sa.text("revoked_at IS NULL"),
+        ),
+    )
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    name: str = Field(max_length=200)
+    token_hash: str = Field(max_length=64, unique=True)
+    scopes: list[str] = Field(default_factory=list, sa_column=sa.Column(sa.JSON, nullable=False))
+    created_at: datetime = _when(default_factory=utcnow)
+    updated_at: datetime = _when(default_factory=utcnow)
+    expires_at: datetime | None = _when(nullable=True, default=None)
+    last_used_at: datetime | None = _when(nullable=True, default=None)
+    revoked_at: datetime | None = _when(nullable=True, default=None)
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """Maps a client's Idempotency-Key on one kind of create to the resource it made."""
+
+    __tablename__ = "idempotency_keys"
+
+    scope: str = Field(primary_key=True, max_length=100)
+    principal: str = Field(primary_key=True, max_length=36)
+    key: str = Field(primary_key=True, max_length=255)
+    fingerprint: str = Field(max_length=64)
+    resource_id: str = Field(max_length=100)
+    created_at: datetime = _when(default_factory=utcnow)
+
+
+class Event(SQLModel, table=True):
+    """The append-only event log of every resource. Ids only grow."""
+
+    __tablename__ = "events"
+    __table_args__ = (sa.Index("ix_events_resource", "resource_id", "id"),)
+
+    id: int | None = Field(
+        default=None,
+        sa_column=sa.Column(
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
+    )
+    resource_kind: str = Field(max_length=20)
+    resource_id: str = Field(max_length=100)
+    type: str = Field(max_length=100)
+    stage: str | None = Field(default=None, max_length=200)
+    status: str | None = Field(default=None, max_length=50)
+    message: str = Field(default="", sa_column=sa.Column(sa.Text, nullable=False))
+    payload: dict[str, Any] = Field(
+        default_factory=dict, sa_column=sa.Column(sa.JSON, nullable=False)
+    )
+    created_at: datetime = _when(default_factory=utcnow)

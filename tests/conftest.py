@@ -1,0 +1,193 @@
+"""Real parts for every test: a Temporal dev server, SQLite and PostgreSQL, a served API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+import uvicorn
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from api.app import create_app
+from settings import Settings
+from stack import temporal_binary
+from store import migrate
+from store.engine import Database
+from store.tokens import Scope, create_token
+from temporal_client import connect
+from worker import build_worker
+from workflows import attributes
+
+PG_ADMIN_URL = os.environ.get("PILOTHOUSE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+# --- exit status: the SDK can abort at interpreter exit (sdk-python #300) -------------
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT] = int(exitstatus)
+
+
+_EXIT = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    status = config.stash.get(_EXIT, None)
+    if status is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+
+# --- Temporal --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(),
+        search_attributes=attributes.ALL,
+        ui=False,
+        dev_server_log_level="error",
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def temporal_target(temporal_env: WorkflowEnvironment) -> str:
+    return temporal_env.client.service_client.config.target_host
+
+
+# --- databases -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def fresh_postgres() -> Iterator[str]:
+    name = f"pilothouse_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'pilothouse.db'}"
+    else:
+        with fresh_postgres() as url:
+            yield url
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path, temporal_target: str) -> Settings:
+    migrate.upgrade(db_url)
+    return Settings(
+        data_dir=tmp_path,
+        database_url=db_url,
+        temporal_address=temporal_target,
+        task_queue=f"test-{uuid.uuid4().hex[:8]}",
+        _env_file=None,
+    )
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[Database]:
+    database = Database(settings.db_url)
+    yield database
+    await database.dispose()
+
+
+async def make_token(db: Database, name: str, *scopes: Scope) -> str:
+    async with db.session() as session:
+        _, secret = await create_token(session, name, list(scopes))
+        await session.commit()
+    return secret
+
+
+# --- the API, served for real on loopback --------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Api:
+    base_url: str
+    admin_token: str
+    db: Database
+    settings: Settings
+
+    def client(self, token: str | None = None, header: str = "bearer") -> httpx.AsyncClient:
+        headers = {}
+        if token and header == "bearer":
+            headers["Authorization"] = f"Bearer {token}"
+        elif token:
+            headers["X-API-Key"] = token
+        return httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=30)
+
+
+@contextlib.asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[str]:
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture
+async def api(settings: Settings, db: Database) -> AsyncIterator[Api]:
+    admin = await make_token(db, "admin", Scope.admin)
+    async with serve(settings) as base_url:
+        yield Api(base_url, admin, db, settings)
+
+
+@pytest.fixture
+async def admin(api: Api) -> AsyncIterator[httpx.AsyncClient]:
+    async with api.client(api.admin_token) as client:
+        yield client
+
+
+@pytest.fixture
+async def client(settings: Settings) -> Client:
+    return await connect(settings)
+
+
+@pytest.fixture
+async def worker(settings: Settings, client: Client, db: Database) -> AsyncIterator[Worker]:
+    running = build_worker(client, db, settings)
+    async with running:
+        yield running

@@ -1,0 +1,76 @@
+"""The Temporal worker: every workflow and activity of Pilothouse, registered once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import (
+    AddSearchAttributesRequest,
+    ListSearchAttributesRequest,
+)
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.records import Records
+from settings import Settings
+from store.engine import Database
+from temporal_client import connect_within
+from workflows import attributes
+
+log = logging.getLogger("pilothouse.worker")
+
+WORKFLOWS: Sequence[type] = ()
+
+
+def activities(db: Database) -> list[Callable[..., Any]]:
+    records = Records(db)
+    return [records.append_event]
+
+
+def build_worker(client: Client, db: Database, settings: Settings) -> Worker:
+    return Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=list(WORKFLOWS),
+        activities=activities(db),
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+
+
+async def ensure_search_attributes(client: Client, namespace: str) -> None:
+    """Register Pilothouse's search attributes on a server that lacks them."""
+    listed = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=namespace)
+    )
+    missing = {
+        key.name: IndexedValueType.ValueType(key.indexed_value_type)
+        for key in attributes.ALL
+        if key.name not in listed.custom_attributes
+    }
+    if missing:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(search_attributes=missing, namespace=namespace)
+        )
+        log.info("registered search attributes: %s", ", ".join(sorted(missing)))
+
+
+async def run(settings: Settings) -> None:
+    client = await connect_within(settings, 30)
+    await ensure_search_attributes(client, settings.temporal_namespace)
+    db = Database(settings.db_url)
+    worker = build_worker(client, db, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker polling task queue %r on %s", settings.task_queue, settings.temporal_target)
+    async with worker:
+        await stop.wait()
+    await db.dispose()
+    log.info("worker stopped")
