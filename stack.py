@@ -165,14 +165,16 @@ class Stack:
             time.sleep(0.1)
         raise StackError(f"not ready after {READY_TIMEOUT_S} s: {last}")
 
-    def start(self) -> None:
+    def start_temporal(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
-        temporal_log = (self.logs / "temporal.log").open("ab")
-        self.spawn(
-            "Temporal dev server",
-            dev_server_argv(self.settings, self.data_dir / "temporal.db"),
-            temporal_log,
-        )
+        with (self.logs / "temporal.log").open("ab") as temporal_log:
+            self.spawn(
+                "Temporal dev server",
+                dev_server_argv(self.settings, self.data_dir / "temporal.db"),
+                temporal_log,
+            )
+
+    def start_pilothouse(self) -> None:
         cli = [sys.executable, "-m", "cli"]
         self.spawn("worker", [*cli, "worker"])
         self.spawn("API", [*cli, "api"])
@@ -197,9 +199,8 @@ def up(settings: Settings) -> int:
     check_ports(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     print(f"pilothouse: data directory {settings.data_dir.resolve()}", flush=True)
-    migrate.upgrade(settings.db_url)
-    secret = asyncio.run(bootstrap_admin_token(settings))
     stack = Stack(settings)
+    secret: str | None = None
 
     def request_stop(signum: int, _frame: object) -> None:
         # Once: a second Ctrl-C must not cut the orderly stop short.
@@ -211,7 +212,12 @@ def up(settings: Settings) -> int:
     signal.signal(signal.SIGINT, request_stop)
     try:
         print("pilothouse: starting Temporal, the worker and the API…", flush=True)
-        stack.start()
+        # The children boot while this process migrates: the worker and the API wait for
+        # Temporal on their own, and /readyz stays 503 until the migrations are at head.
+        stack.start_temporal()
+        stack.start_pilothouse()
+        migrate.upgrade(settings.db_url)
+        secret = asyncio.run(bootstrap_admin_token(settings))
         stack.wait_ready()
         base = f"http://{settings.api_host}:{settings.api_port}"
         print(

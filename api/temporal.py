@@ -29,7 +29,7 @@ class TemporalLink:
 
     async def _retry(self) -> None:
         while self._client is None:
-            await asyncio.sleep(1)
+            await asyncio.sleep(0.25)
             try:
                 self._client = await connect(self._settings)
             except Exception as exc:
