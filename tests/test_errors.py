@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from tests.conftest import Api
+import httpx
+import pytest
+
+from settings import Settings
+from tests.conftest import Api, serve
 
 
 def assert_shape(body: dict[str, object]) -> None:
@@ -57,3 +61,23 @@ async def test_cors_is_off_by_default(api: Api) -> None:
             headers={"Origin": "http://evil.test", "Access-Control-Request-Method": "GET"},
         )
     assert "access-control-allow-origin" not in answer.headers
+
+
+async def test_cors_allows_only_the_configured_origins(settings: Settings) -> None:
+    allowed = settings.model_copy(update={"cors_origins": ["http://console.test"]})
+    async with serve(allowed) as base, httpx.AsyncClient(base_url=base) as client:
+        good = await client.options(
+            "/healthz",
+            headers={"Origin": "http://console.test", "Access-Control-Request-Method": "GET"},
+        )
+        bad = await client.options(
+            "/healthz",
+            headers={"Origin": "http://evil.test", "Access-Control-Request-Method": "GET"},
+        )
+    assert good.headers["access-control-allow-origin"] == "http://console.test"
+    assert "access-control-allow-origin" not in bad.headers
+
+
+def test_cors_origins_read_from_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PILOTHOUSE_CORS_ORIGINS", "http://a.test, http://b.test")
+    assert Settings(_env_file=None).cors_origins == ["http://a.test", "http://b.test"]
