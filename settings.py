@@ -56,6 +56,10 @@ class Settings(BaseSettings):
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'pilothouse.db').resolve()}"
 
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir.resolve() / "artifacts"
+
     @cached_property
     def temporal_target(self) -> str:
         return self.temporal_address or f"127.0.0.1:{self.temporal_port}"

@@ -18,6 +18,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.records import Records
+from activities.steps import Steps
 from settings import Settings
 from store.engine import Database
 from temporal_client import connect_within
@@ -28,9 +29,10 @@ log = logging.getLogger("pilothouse.worker")
 WORKFLOWS: Sequence[type] = ()
 
 
-def activities(db: Database) -> list[Callable[..., Any]]:
+def activities(db: Database, settings: Settings) -> list[Callable[..., Any]]:
     records = Records(db)
-    return [records.append_event]
+    steps = Steps(db, settings.artifacts_dir)
+    return [records.append_event, steps.run]
 
 
 def build_worker(client: Client, db: Database, settings: Settings) -> Worker:
@@ -38,7 +40,7 @@ def build_worker(client: Client, db: Database, settings: Settings) -> Worker:
         client,
         task_queue=settings.task_queue,
         workflows=list(WORKFLOWS),
-        activities=activities(db),
+        activities=activities(db, settings),
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
 

@@ -105,3 +105,21 @@ class Event(SQLModel, table=True):
         default_factory=dict, sa_column=sa.Column(sa.JSON, nullable=False)
     )
     created_at: datetime = _when(default_factory=utcnow)
+
+
+class Artifact(SQLModel, table=True):
+    """An index row for a file a step produced. The file lives under the data directory."""
+
+    __tablename__ = "artifacts"
+    __table_args__ = (sa.Index("ix_artifacts_resource", "resource_id", "created_at"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    resource_kind: str = Field(max_length=20)
+    resource_id: str = Field(max_length=100)
+    stage: str | None = Field(default=None, max_length=200)
+    kind: str = Field(default="log", max_length=20)
+    path: str = Field(description="Relative to the artifacts directory", max_length=1000)
+    content_type: str = Field(default="text/plain", max_length=100)
+    size_bytes: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False))
+    checksum_sha256: str = Field(max_length=64)
+    created_at: datetime = _when(default_factory=utcnow)

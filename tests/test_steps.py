@@ -1,0 +1,140 @@
+"""The step executor: output to an artifact, a tail in the event log, typed failures,
+heartbeats, and a process group that is really gone after a cancel or a timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.steps import StepInput, StepResult, Steps
+from settings import Settings
+from store.engine import Database
+from store.models import Artifact, Event
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+async def wait_for_file(path: Path, seconds: float = 10) -> str:
+    deadline = time.monotonic() + seconds
+    while not (path.exists() and path.read_text().strip()):
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        await asyncio.sleep(0.05)
+    return path.read_text()
+
+
+def step(argv: list[str], **extra: object) -> StepInput:
+    return StepInput(resource_kind="job", resource_id="job-test", stage="build", argv=argv, **extra)
+
+
+@pytest.fixture
+def steps(db: Database, settings: Settings) -> Steps:
+    return Steps(db, settings.artifacts_dir)
+
+
+async def events_of(db: Database) -> list[Event]:
+    async with db.session() as session:
+        return list((await session.exec(select(Event).order_by(Event.id))).all())  # type: ignore[arg-type]
+
+
+async def test_output_goes_to_an_artifact_and_the_tail_to_the_event_log(
+    steps: Steps, db: Database, settings: Settings
+) -> None:
+    script = "for i in $(seq 1 50); do echo line $i; done; echo oops >&2"
+    result: StepResult = await ActivityEnvironment().run(
+        steps.run, step(["sh", "-c", script], tail_lines=3)
+    )
+    assert result.exit_code == 0
+    assert result.tail == ["line 49", "line 50", "oops"]
+    async with db.session() as session:
+        artifact = await session.get(Artifact, result.artifact_id)
+    assert artifact is not None and artifact.stage == "build"
+    content = (settings.artifacts_dir / artifact.path).read_text()
+    assert content.startswith("line 1\n") and content.endswith("oops\n")
+    assert artifact.size_bytes == len(content.encode())
+    [event] = await events_of(db)
+    assert event.type == "step_finished" and event.status == "succeeded"
+    assert event.payload["tail"] == ["line 49", "line 50", "oops"]
+    assert event.payload["artifact_id"] == artifact.id
+
+
+async def test_a_non_zero_exit_is_step_failed_with_its_code(steps: Steps, db: Database) -> None:
+    with pytest.raises(ApplicationError) as raised:
+        await ActivityEnvironment().run(steps.run, step(["sh", "-c", "echo bad; exit 3"]))
+    assert raised.value.type == "StepFailed"
+    assert raised.value.details[0]["exit_code"] == 3
+    assert raised.value.details[0]["tail"] == ["bad"]
+    [event] = await events_of(db)
+    assert event.status == "failed" and event.payload["exit_code"] == 3
+
+
+async def test_a_missing_program_is_step_failed_127(steps: Steps) -> None:
+    with pytest.raises(ApplicationError) as raised:
+        await ActivityEnvironment().run(steps.run, step(["/no/such/program"]))
+    assert raised.value.type == "StepFailed"
+    assert raised.value.details[0]["exit_code"] == 127
+    assert "cannot start" in raised.value.details[0]["tail"][0]
+
+
+async def test_the_step_sees_its_env_but_not_the_workers_secrets(
+    steps: Steps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PILOTHOUSE_DATABASE_URL", "postgresql://u:hunter2@db/x")
+    result = await ActivityEnvironment().run(
+        steps.run, step(["sh", "-c", "env"], env={"GREETING": "hello"}, tail_lines=200)
+    )
+    assert "GREETING=hello" in result.tail
+    assert not any("hunter2" in line for line in result.tail)
+    assert any(line.startswith("PATH=") for line in result.tail)
+
+
+async def test_it_heartbeats_every_second(steps: Steps) -> None:
+    env = ActivityEnvironment()
+    beats: list[object] = []
+    env.on_heartbeat = lambda *details: beats.append(details)
+    await env.run(steps.run, step(["sleep", "2.5"]))
+    assert len(beats) >= 2
+
+
+async def test_a_timeout_kills_the_group(steps: Steps, db: Database, tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    script = f"sleep 60 & echo $$ $! > {pids}; wait"
+    with pytest.raises(ApplicationError) as raised:
+        await ActivityEnvironment().run(
+            steps.run, step(["sh", "-c", script], timeout_seconds=1.5, kill_grace_seconds=1)
+        )
+    assert raised.value.type == "StepTimedOut"
+    assert not any(alive(int(pid)) for pid in pids.read_text().split())
+    [event] = await events_of(db)
+    assert event.status == "timed_out"
+
+
+async def test_cancel_sends_sigterm_then_sigkill_to_the_group(
+    steps: Steps, db: Database, tmp_path: Path
+) -> None:
+    pids = tmp_path / "pids"
+    # The shell ignores SIGTERM, so only the SIGKILL after the grace period ends it.
+    script = f"trap '' TERM; sleep 60 & echo $$ $! > {pids}; while true; do sleep 0.1; done"
+    env = ActivityEnvironment()
+    running = asyncio.create_task(
+        env.run(steps.run, step(["sh", "-c", script], kill_grace_seconds=0.5))
+    )
+    shell, child = (int(p) for p in (await wait_for_file(pids)).split())
+    assert alive(shell) and alive(child)
+    env.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert not alive(shell) and not alive(child)
+    [event] = await events_of(db)
+    assert event.status == "canceled"
