@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated origins; CORS is off when empty"
     )
+    operator_file: Path | None = Field(
+        None, description="YAML operator file: named pipelines and the gate of each stage"
+    )
+    sse_keepalive_seconds: float = Field(15, gt=0)
+    sse_max_seconds: float = Field(600, gt=0, description="An SSE stream closes after this")
     pause_new_work: bool = Field(False, description="Kill switch: refuse new runs, jobs and tasks")
     auto_approve: bool = Field(
         True, description="Kill switch: when false, gates configured to auto-approve wait"

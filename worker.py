@@ -23,16 +23,24 @@ from settings import Settings
 from store.engine import Database
 from temporal_client import connect_within
 from workflows import attributes
+from workflows.jobs import JobWorkflow
 
 log = logging.getLogger("pilothouse.worker")
 
-WORKFLOWS: Sequence[type] = ()
+WORKFLOWS: Sequence[type] = (JobWorkflow,)
 
 
 def activities(db: Database, settings: Settings) -> list[Callable[..., Any]]:
     records = Records(db)
     steps = Steps(db, settings.artifacts_dir)
-    return [records.append_event, steps.run]
+    return [
+        records.append_event,
+        records.transition,
+        records.gate_opened,
+        records.gate_reminder,
+        records.decision,
+        steps.run,
+    ]
 
 
 def build_worker(client: Client, db: Database, settings: Settings) -> Worker:

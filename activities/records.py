@@ -1,14 +1,20 @@
-"""Records: the only way a workflow writes to the database."""
+"""Records: the only way a workflow writes to the database.
+
+Each activity writes its row changes and its event in one transaction, and is safe to
+retry: a retried decision finds its row and writes nothing twice.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
 from temporalio import activity
 
-from store import events
+from store import events, resources
 from store.engine import Database
+from store.models import Decision, GateRow, utcnow
 
 
 class NewEvent(BaseModel):
@@ -19,6 +25,67 @@ class NewEvent(BaseModel):
     status: str | None = None
     message: str = ""
     payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class Transition(BaseModel):
+    """A resource's new state, and the event that says so."""
+
+    resource_kind: str
+    resource_id: str
+    state: str
+    stage: str | None = None
+    error: str | None = None
+    event_type: str
+    message: str = ""
+    payload: dict[str, Any] = Field(default_factory=dict)
+    final: bool = False
+    changes: dict[str, Any] = Field(default_factory=dict, description="Other columns to set")
+
+
+class GateOpened(BaseModel):
+    gate_id: str
+    resource_kind: str
+    resource_id: str
+    stage: str
+    config: dict[str, Any]
+    approvals_needed: int
+    opened_at: datetime
+    deadline: datetime | None
+    resource_state: str | None = None
+
+
+class GateReminder(BaseModel):
+    gate_id: str
+    resource_kind: str
+    resource_id: str
+    stage: str
+    approvals: list[str]
+
+
+class DecisionRecord(BaseModel):
+    id: str
+    gate_id: str
+    resource_kind: str
+    resource_id: str
+    stage: str
+    outcome: str
+    by: str
+    via: str
+    reason: str | None
+    input: dict[str, Any] | None
+    gate_state: str
+    approvals: list[str]
+    resource_state: str | None = None
+
+
+def _decision_event(record: DecisionRecord) -> str:
+    if record.via == "auto":
+        return "gate_auto_approved"
+    if record.via == "timer":
+        return "gate_timed_out"
+    if record.gate_state == "open":
+        return "gate_approval_recorded"
+    return f"gate_{record.gate_state}"
 
 
 class Records:
@@ -43,3 +110,137 @@ class Records:
             await session.commit()
         assert event.id is not None
         return event.id
+
+    @activity.defn(name="records.transition")
+    async def transition(self, t: Transition) -> None:
+        async with self.db.session() as session:
+            await resources.set_fields(
+                session,
+                t.resource_kind,
+                t.resource_id,
+                state=t.state,
+                stage=t.stage,
+                error=t.error,
+                **t.changes,
+            )
+            await events.append(
+                session,
+                t.resource_kind,
+                t.resource_id,
+                t.event_type,
+                stage=t.stage,
+                status=t.state,
+                message=t.message,
+                payload=t.payload,
+                final=t.final,
+            )
+            await session.commit()
+
+    @activity.defn(name="records.gate_opened")
+    async def gate_opened(self, g: GateOpened) -> None:
+        async with self.db.session() as session:
+            if await session.get(GateRow, g.gate_id) is not None:
+                return
+            session.add(
+                GateRow(
+                    id=g.gate_id,
+                    resource_kind=g.resource_kind,
+                    resource_id=g.resource_id,
+                    stage=g.stage,
+                    config=g.config,
+                    approvals_needed=g.approvals_needed,
+                    opened_at=g.opened_at,
+                    deadline=g.deadline,
+                )
+            )
+            if g.resource_state:
+                await resources.set_fields(
+                    session, g.resource_kind, g.resource_id, state=g.resource_state, stage=g.stage
+                )
+            await events.append(
+                session,
+                g.resource_kind,
+                g.resource_id,
+                "gate_pause",
+                stage=g.stage,
+                status=g.resource_state or "open",
+                message=f"{g.stage}: waiting for approval",
+                payload={
+                    "stage": g.stage,
+                    "gate_id": g.gate_id,
+                    "gate_type": "required",
+                    "approvals_needed": g.approvals_needed,
+                    "deadline": g.deadline.isoformat() if g.deadline else None,
+                    "timeout_seconds": g.config.get("timeout_seconds"),
+                },
+            )
+            await session.commit()
+
+    @activity.defn(name="records.gate_reminder")
+    async def gate_reminder(self, r: GateReminder) -> None:
+        async with self.db.session() as session:
+            await events.append(
+                session,
+                r.resource_kind,
+                r.resource_id,
+                "gate_reminder",
+                stage=r.stage,
+                status="open",
+                message=f"{r.stage}: still waiting for approval",
+                payload={"gate_id": r.gate_id, "approvals": r.approvals},
+            )
+            await session.commit()
+
+    @activity.defn(name="records.decision")
+    async def decision(self, d: DecisionRecord) -> None:
+        async with self.db.session() as session:
+            if await session.get(Decision, d.id) is not None:
+                return
+            session.add(
+                Decision(
+                    id=d.id,
+                    gate_id=d.gate_id,
+                    resource_kind=d.resource_kind,
+                    resource_id=d.resource_id,
+                    stage=d.stage,
+                    outcome=d.outcome,
+                    by=d.by,
+                    via=d.via,
+                    reason=d.reason,
+                    input=d.input,
+                )
+            )
+            gate = await session.get(GateRow, d.gate_id)
+            if gate is not None:
+                gate.approvals = d.approvals
+                gate.state = d.gate_state
+                if d.gate_state != "open":
+                    gate.decided_at = utcnow()
+                    gate.decided_by = d.by
+                    gate.via = d.via
+                    gate.reason = d.reason
+                session.add(gate)
+            if d.resource_state:
+                await resources.set_fields(
+                    session, d.resource_kind, d.resource_id, state=d.resource_state
+                )
+            await events.append(
+                session,
+                d.resource_kind,
+                d.resource_id,
+                _decision_event(d),
+                stage=d.stage,
+                status=d.gate_state,
+                message=f"{d.stage}: {d.outcome} by {d.by} via {d.via}",
+                payload={
+                    "gate_id": d.gate_id,
+                    "stage": d.stage,
+                    "operator": d.by,
+                    "via": d.via,
+                    "outcome": d.outcome,
+                    "notes": d.reason,
+                    "input": d.input,
+                    "approvals": d.approvals,
+                },
+            )
+            await session.commit()

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from store import events
+from store import events, resources
 from store.engine import Database
 from store.models import Artifact
 
@@ -67,6 +67,7 @@ class Steps:
         relative = Path(step.resource_id) / f"{slug}-{attempt}-{uuid.uuid4().hex[:8]}.log"
         path = self.artifacts_dir / relative
         path.parent.mkdir(parents=True, exist_ok=True)
+        await self._started(step, attempt)
         started = time.monotonic()
         outcome = "failed"
         exit_code = NOT_STARTABLE
@@ -124,6 +125,23 @@ class Steps:
         except asyncio.CancelledError:
             await asyncio.shield(stop_group(process, step.kill_grace_seconds))
             raise
+
+    async def _started(self, step: StepInput, attempt: int) -> None:
+        async with self.db.session() as session:
+            await resources.set_fields(
+                session, step.resource_kind, step.resource_id, state="running", stage=step.stage
+            )
+            await events.append(
+                session,
+                step.resource_kind,
+                step.resource_id,
+                "stage_started",
+                stage=step.stage,
+                status="running",
+                message=f"{step.stage}: started (attempt {attempt})",
+                payload={"stage": step.stage, "attempt": attempt, "argv": step.argv},
+            )
+            await session.commit()
 
     async def _record(
         self,

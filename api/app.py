@@ -11,8 +11,10 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from api import errors
 from api.metrics import MetricsMiddleware
-from api.routers import docs, probes, tokens
+from api.routers import config, docs, gates, jobs, probes, tokens
+from api.streams import EventHub
 from api.temporal import TemporalLink
+from operator_file import load
 from settings import VERSION, Settings
 from store.engine import Database
 
@@ -36,12 +38,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.db = Database(settings.db_url)
+        app.state.hub = EventHub(app.state.db)
         app.state.temporal = TemporalLink(settings)
+        await app.state.hub.start()
         await app.state.temporal.start()
         try:
             yield
         finally:
             await app.state.temporal.stop()
+            await app.state.hub.stop()
             await app.state.db.dispose()
 
     app = FastAPI(
@@ -51,12 +56,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         openapi_tags=[
             {"name": "auth", "description": "API tokens and their scopes"},
+            {"name": "jobs", "description": "Pipeline jobs: stages, gates, events, artifacts"},
+            {"name": "approvals", "description": "The inbox of open gates, across families"},
+            {"name": "config", "description": "The operator file: pipelines and gates"},
             {"name": "probes", "description": "Liveness, readiness, health and metrics"},
         ],
     )
     app.state.settings = settings
+    app.state.operator = load(settings.operator_file)
     errors.install(app)
-    for router in (probes.router, docs.router, tokens.router):
+    for router in (
+        probes.router,
+        docs.router,
+        tokens.router,
+        jobs.router,
+        gates.router,
+        config.router,
+    ):
         app.include_router(router)
     if settings.cors_origins:
         app.add_middleware(

@@ -1,14 +1,26 @@
-"""The event log: append-only, ids only grow, read by resource after an id."""
+"""The event log: append-only, ids only grow, read by resource after an id.
+
+On PostgreSQL, appends to one resource are serialized by an advisory lock, so they commit
+in id order and a reader following `id > last` never skips one; each append NOTIFYs the
+API processes' watchers. On SQLite, writers are serialized anyway and watchers poll.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+import sqlalchemy as sa
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from store.models import Event
+
+CHANNEL = "pilothouse_events"
+
+
+def _is_postgres(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
 
 
 async def append(
@@ -21,7 +33,15 @@ async def append(
     status: str | None = None,
     message: str = "",
     payload: dict[str, Any] | None = None,
+    final: bool = False,
 ) -> Event:
+    """Add an event to the caller's transaction; it becomes visible at commit."""
+    postgres = _is_postgres(session)
+    if postgres:
+        conn = await session.connection()
+        await conn.execute(
+            sa.text("SELECT pg_advisory_xact_lock(hashtext(:r))"), {"r": resource_id}
+        )
     event = Event(
         resource_kind=resource_kind,
         resource_id=resource_id,
@@ -30,9 +50,16 @@ async def append(
         status=status,
         message=message,
         payload=payload or {},
+        final=final,
     )
     session.add(event)
     await session.flush()
+    if postgres:
+        conn = await session.connection()
+        await conn.execute(
+            sa.text("SELECT pg_notify(:channel, :resource)"),
+            {"channel": CHANNEL, "resource": resource_id},
+        )
     return event
 
 
@@ -46,3 +73,25 @@ async def after(
         .limit(limit)
     )
     return result.all()
+
+
+async def count(session: AsyncSession, resource_id: str) -> int:
+    result = await session.exec(
+        select(sa.func.count()).select_from(Event).where(Event.resource_id == resource_id)
+    )
+    return int(result.one())
+
+
+async def since_global(session: AsyncSession, after_id: int, limit: int) -> Sequence[Event]:
+    """Every resource's events after an id: the SQLite watcher's one query."""
+    result = await session.exec(
+        select(Event).where(col(Event.id) > after_id).order_by(col(Event.id)).limit(limit)
+    )
+    return result.all()
+
+
+async def last_id(session: AsyncSession, resource_id: str | None = None) -> int:
+    query = select(sa.func.max(Event.id))
+    if resource_id is not None:
+        query = query.where(Event.resource_id == resource_id)
+    return int((await session.exec(query)).one() or 0)

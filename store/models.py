@@ -104,6 +104,7 @@ class Event(SQLModel, table=True):
     payload: dict[str, Any] = Field(
         default_factory=dict, sa_column=sa.Column(sa.JSON, nullable=False)
     )
+    final: bool = Field(default=False, description="The last event of its resource")
     created_at: datetime = _when(default_factory=utcnow)
 
 
@@ -122,4 +123,67 @@ class Artifact(SQLModel, table=True):
     content_type: str = Field(default="text/plain", max_length=100)
     size_bytes: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False))
     checksum_sha256: str = Field(max_length=64)
+    created_at: datetime = _when(default_factory=utcnow)
+
+
+class Job(SQLModel, table=True):
+    """A pipeline job: its stages run in order, each followed by its gate."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (sa.Index("ix_jobs_state", "state", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=100)
+    pipeline: str | None = Field(default=None, max_length=200)
+    state: str = Field(default="queued", max_length=20)
+    stage: str | None = Field(default=None, max_length=200)
+    stages: list[dict[str, Any]] = Field(sa_column=sa.Column(sa.JSON, nullable=False))
+    params: dict[str, Any] = Field(
+        default_factory=dict, sa_column=sa.Column(sa.JSON, nullable=False)
+    )
+    owner: str = Field(max_length=200)
+    error: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    created_at: datetime = _when(default_factory=utcnow)
+    updated_at: datetime = _when(default_factory=utcnow)
+
+
+class GateRow(SQLModel, table=True):
+    """One opening of one gate, on any resource. The inbox lists the open ones."""
+
+    __tablename__ = "gates"
+    __table_args__ = (sa.Index("ix_gates_state", "state", "opened_at"),)
+
+    id: str = Field(primary_key=True, max_length=200)
+    resource_kind: str = Field(max_length=20)
+    resource_id: str = Field(max_length=100)
+    stage: str = Field(max_length=200)
+    state: str = Field(default="open", max_length=20)
+    config: dict[str, Any] = Field(
+        default_factory=dict, sa_column=sa.Column(sa.JSON, nullable=False)
+    )
+    approvals_needed: int = 1
+    approvals: list[str] = Field(default_factory=list, sa_column=sa.Column(sa.JSON, nullable=False))
+    opened_at: datetime = _when(default_factory=utcnow)
+    deadline: datetime | None = _when(nullable=True, default=None)
+    decided_at: datetime | None = _when(nullable=True, default=None)
+    decided_by: str | None = Field(default=None, max_length=200)
+    via: str | None = Field(default=None, max_length=20)
+    reason: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+
+
+class Decision(SQLModel, table=True):
+    """The audit trail: every decision applied to a gate, by whom, how and why."""
+
+    __tablename__ = "decisions"
+    __table_args__ = (sa.Index("ix_decisions_gate", "gate_id", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=200, description="The Update id")
+    gate_id: str = Field(max_length=200)
+    resource_kind: str = Field(max_length=20)
+    resource_id: str = Field(max_length=100)
+    stage: str = Field(max_length=200)
+    outcome: str = Field(max_length=20)
+    by: str = Field(max_length=200)
+    via: str = Field(max_length=20)
+    reason: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    input: dict[str, Any] | None = Field(default=None, sa_column=sa.Column(sa.JSON, nullable=True))
     created_at: datetime = _when(default_factory=utcnow)

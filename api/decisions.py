@@ -1,0 +1,88 @@
+"""Deciding a gate from the API: the one path every family's approve, reject and the inbox
+take. It checks the input schema, sends the `decide` Update, and maps refusals to HTTP."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import jsonschema
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.errors import ApiError
+from api.metrics import DECISIONS
+from store.models import GateRow
+from workflows.gate import DecisionIn, DecisionOut, Outcome, Via
+
+T = TypeVar("T")
+
+# Refusals raised in workflows carry their error code as the ApplicationError type.
+STATUS_BY_TYPE = {
+    "GATE_NOT_OPEN": 409,
+    "GATE_ALREADY_DECIDED": 409,
+    "DUPLICATE_APPROVER": 409,
+    "NOT_AN_APPROVER": 403,
+    "REASON_REQUIRED": 422,
+    "JOB_NOT_PAUSED": 409,
+}
+
+
+async def updating(call: Awaitable[T]) -> T:
+    """Await an Update and turn Temporal's refusals into API errors."""
+    try:
+        return await call
+    except WorkflowUpdateFailedError as exc:
+        cause = exc.cause
+        if isinstance(cause, ApplicationError) and cause.type in STATUS_BY_TYPE:
+            raise ApiError(STATUS_BY_TYPE[cause.type], cause.type, cause.message) from None
+        raise ApiError(409, "UPDATE_REFUSED", str(cause or exc)) from None
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise ApiError(409, "RESOURCE_NOT_RUNNING", "the workflow has ended") from None
+        if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+            raise ApiError(503, "TEMPORAL_UNAVAILABLE", f"Temporal did not answer: {exc}") from None
+        raise
+
+
+def check_input(gate: GateRow, outcome: Outcome, data: dict[str, Any] | None) -> None:
+    schema = gate.config.get("input_schema")
+    if not schema or (outcome == "reject" and data is None):
+        return
+    validator = jsonschema.Draft202012Validator(schema)
+    problems = sorted(validator.iter_errors(data or {}), key=lambda e: list(e.absolute_path))
+    if problems:
+        detail = "; ".join(
+            "input" + "".join(f".{p}" for p in e.absolute_path) + f": {e.message}" for e in problems
+        )
+        raise ApiError(422, "INVALID_DECISION_INPUT", detail)
+
+
+async def decide(
+    temporal: Client,
+    gate: GateRow,
+    outcome: Outcome,
+    by: str,
+    *,
+    via: Via = "api",
+    reason: str | None = None,
+    data: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
+) -> DecisionOut:
+    # A repeated key goes through: Temporal answers it with the first result.
+    if gate.state != "open" and idempotency_key is None:
+        raise ApiError(409, "GATE_ALREADY_DECIDED", f"gate {gate.id} is already {gate.state}")
+    check_input(gate, outcome, data)
+    handle = temporal.get_workflow_handle(gate.resource_id)
+    result: DecisionOut = await updating(
+        handle.execute_update(
+            "decide",
+            DecisionIn(gate_id=gate.id, outcome=outcome, by=by, via=via, reason=reason, input=data),
+            id=idempotency_key or f"decision-{uuid.uuid4()}",
+            result_type=DecisionOut,
+        )
+    )
+    DECISIONS.labels(outcome, via).inc()
+    return result

@@ -1,0 +1,522 @@
+"""`/api/v1/jobs`: pipeline jobs with stages and approval gates (the operator console)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+import jsonpatch
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, Header, Query, Request, status
+from fastapi.responses import FileResponse, StreamingResponse
+from pydantic import BaseModel, Field, model_validator
+from sqlmodel import col, select
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+)
+
+from api import decisions
+from api.auth import require
+from api.deps import (
+    IdempotencyKeyDep,
+    NewWorkAllowed,
+    SessionDep,
+    SettingsDep,
+    TemporalDep,
+)
+from api.errors import ApiError, ErrorBody, not_found
+from api.metrics import WORKFLOW_STARTS
+from api.paging import Page, PageQuery, page
+from api.routers.gates import GatePublic, gate_public
+from api.streams import EventHub, event_json, sse
+from operator_file import OperatorConfig
+from store import events, idempotency
+from store.models import Artifact, Decision, Event, GateRow, IdempotencyKey, Job
+from store.tokens import Principal, Scope
+from workflows import attributes
+from workflows.gate import DecisionOut, Outcome
+from workflows.jobs import JobInput, JobWorkflow, ResumeIn, ResumeOut, StageSpec
+
+router = APIRouter(
+    prefix="/api/v1",
+    tags=["jobs"],
+    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: {"model": ErrorBody}},
+)
+
+Reader = Annotated[Principal, require(Scope.jobs_read)]
+Writer = Annotated[Principal, require(Scope.jobs_write)]
+Approver = Annotated[Principal, require(Scope.approvals_write)]
+TERMINAL = ("completed", "failed", "canceled")
+
+
+class JobCreate(BaseModel):
+    """Either a pipeline named in the operator file, or the stages themselves."""
+
+    pipeline: str | None = Field(None, description="A pipeline of the operator file")
+    stages: list[StageSpec] | None = Field(None, description="Stages, when no pipeline is named")
+    params: dict[str, Any] = Field(default_factory=dict, description="Given to every stage")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> JobCreate:
+        if (self.pipeline is None) == (self.stages is None):
+            raise ValueError("give either pipeline or stages")
+        if self.stages is not None:
+            names = [s.name for s in self.stages]
+            if len(names) != len(set(names)):
+                raise ValueError("stages: names must be unique")
+            if not names:
+                raise ValueError("stages: give at least one stage")
+        return self
+
+
+class JobPublic(BaseModel):
+    id: str
+    pipeline: str | None
+    state: str
+    stage: str | None
+    stages: list[dict[str, Any]]
+    params: dict[str, Any]
+    owner: str
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    gates: list[GatePublic] = Field(default_factory=list)
+    open_gate: GatePublic | None = None
+
+
+class GateAction(BaseModel):
+    """Approve or reject the open gate. Accepts the operator console's `GateAction` fields."""
+
+    reason: str | None = Field(None, description="Why; required to reject unless the gate says")
+    notes: str | None = Field(None, description="The console's name for `reason`")
+    stage: str | None = Field(None, description="The stage whose gate to decide")
+    operator: str | None = Field(None, description="Ignored: the token's identity decides")
+    decision: str | None = Field(None, description="Ignored: the endpoint decides")
+    patch: dict[str, Any] | list[dict[str, Any]] | None = Field(
+        None, description="On reject: a params patch that resume applies"
+    )
+    input: dict[str, Any] | None = Field(None, description="Checked against the gate's schema")
+
+
+class ResumeRequest(BaseModel):
+    params: dict[str, Any] | None = Field(None, description="Merged into the job's params")
+    patch: dict[str, Any] | list[dict[str, Any]] | None = Field(
+        None, description="A JSON Patch (RFC 6902) on the params"
+    )
+
+
+class Message(BaseModel):
+    message: str
+    state: str | None = None
+
+
+class EventOut(BaseModel):
+    id: int
+    ts: str
+    type: str
+    stage: str | None
+    status: str | None
+    message: str
+    payload: dict[str, Any]
+    resource_kind: str
+    resource_id: str
+
+
+class EventsPage(BaseModel):
+    items: list[EventOut]
+    total: int
+    after: int
+    limit: int
+    last_id: int = Field(description="Pass as `after` to read on")
+    has_more: bool
+
+
+class ArtifactPublic(BaseModel):
+    id: str
+    stage: str | None
+    kind: str
+    path: str
+    content_type: str
+    size_bytes: int
+    checksum_sha256: str
+    created_at: datetime
+
+
+def operator(request: Request) -> OperatorConfig:
+    config: OperatorConfig = request.app.state.operator
+    return config
+
+
+async def load_job(session: SessionDep, job_id: str) -> Job:
+    job = await session.get(Job, job_id)
+    if job is None:
+        raise not_found("job", job_id)
+    return job
+
+
+async def job_public(session: SessionDep, job: Job) -> JobPublic:
+    rows = await session.exec(
+        select(GateRow).where(GateRow.resource_id == job.id).order_by(col(GateRow.opened_at))
+    )
+    gates = [gate_public(g) for g in rows]
+    return JobPublic(
+        **job.model_dump(exclude={"stages"}),
+        stages=job.stages,
+        gates=gates,
+        open_gate=next((g for g in gates if g.state == "open"), None),
+    )
+
+
+@router.post(
+    "/jobs",
+    status_code=status.HTTP_201_CREATED,
+    summary="Create a job",
+    dependencies=[NewWorkAllowed],
+    responses={422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+)
+async def create_job(
+    body: JobCreate,
+    principal: Writer,
+    session: SessionDep,
+    temporal: TemporalDep,
+    settings: SettingsDep,
+    key: IdempotencyKeyDep,
+    config: Annotated[OperatorConfig, Depends(operator)],
+) -> JobPublic:
+    """Starts `JobWorkflow`. Each stage runs in order; after it, its gate opens."""
+    if body.pipeline is not None:
+        pipeline = config.pipelines.get(body.pipeline)
+        if pipeline is None:
+            known = ", ".join(sorted(config.pipelines)) or "none"
+            raise ApiError(
+                422, "UNKNOWN_PIPELINE", f"pipeline: no pipeline {body.pipeline!r} (known: {known})"
+            )
+        stages = pipeline.stages
+    else:
+        assert body.stages is not None
+        stages = body.stages
+    stages = config.stages_for(stages)
+    job_id = f"job-{uuid.uuid4()}"
+    print_ = idempotency.fingerprint(body.model_dump(mode="json"))
+    try:
+        earlier = key and await idempotency.find(session, "jobs", principal.token_id, key, print_)
+        if earlier:
+            job = await load_job(session, earlier)
+        else:
+            job = Job(
+                id=job_id,
+                pipeline=body.pipeline,
+                stages=[s.model_dump(mode="json", exclude_none=True) for s in stages],
+                params=body.params,
+                owner=principal.name,
+            )
+            session.add(job)
+            if key:
+                winner = await idempotency.claim(
+                    session, "jobs", principal.token_id, key, print_, job_id
+                )
+                if winner != job_id:
+                    job = await load_job(session, winner)
+            if job.id == job_id:
+                await events.append(
+                    session,
+                    "job",
+                    job_id,
+                    "job_created",
+                    status="queued",
+                    message=f"job created by {principal.name}",
+                    payload={"operator": principal.name, "pipeline": body.pipeline},
+                )
+                await session.commit()
+    except idempotency.KeyReused:
+        raise ApiError(
+            422, "IDEMPOTENCY_KEY_REUSED", "header.Idempotency-Key: used before with another body"
+        ) from None
+    try:
+        await temporal.start_workflow(
+            JobWorkflow.run,
+            JobInput(
+                job_id=job.id,
+                stages=[StageSpec.model_validate(s) for s in job.stages],
+                params=job.params,
+                auto_approve_allowed=settings.auto_approve,
+            ),
+            id=job.id,
+            task_queue=settings.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(attributes.KIND, "job"),
+                    SearchAttributePair(attributes.STATE, "queued"),
+                ]
+            ),
+            static_summary=f"Job {body.pipeline or 'ad hoc'} by {principal.name}",
+        )
+    except Exception as exc:
+        if job.id == job_id:
+            # No workflow means no job: take the row back rather than leave it half made.
+            await session.delete(job)
+            await session.exec(sa.delete(Event).where(col(Event.resource_id) == job_id))
+            await session.exec(
+                sa.delete(IdempotencyKey).where(col(IdempotencyKey.resource_id) == job_id)
+            )
+            await session.commit()
+        raise ApiError(503, "TEMPORAL_UNAVAILABLE", f"could not start the job: {exc}") from None
+    WORKFLOW_STARTS.labels("job").inc()
+    return await job_public(session, job)
+
+
+@router.get("/jobs", summary="List jobs")
+async def list_jobs(
+    request: Request,
+    _: Reader,
+    session: SessionDep,
+    params: PageQuery,
+    state: Annotated[str | None, Query(description="Only jobs in this state")] = None,
+    pipeline: Annotated[str | None, Query(description="Only jobs of this pipeline")] = None,
+) -> Page[JobPublic]:
+    """Newest first, from the database (never a fan-out to Temporal)."""
+    query = select(Job)
+    if state:
+        query = query.where(Job.state == state)
+    if pipeline:
+        query = query.where(Job.pipeline == pipeline)
+    total = (await session.exec(select(sa.func.count()).select_from(query.subquery()))).one()
+    rows = await session.exec(
+        query.order_by(col(Job.created_at).desc()).offset(params.skip).limit(params.limit)
+    )
+    items = [JobPublic(**j.model_dump()) for j in rows]
+    return page(request, items, int(total), params)
+
+
+@router.get("/jobs/{job_id}", summary="Get a job with its gates")
+async def get_job(job_id: str, _: Reader, session: SessionDep) -> JobPublic:
+    return await job_public(session, await load_job(session, job_id))
+
+
+async def _open_gate(session: SessionDep, job: Job, stage: str | None) -> GateRow:
+    query = select(GateRow).where(GateRow.resource_id == job.id)
+    if stage:
+        query = query.where(GateRow.stage == stage)
+    rows = list(await session.exec(query.order_by(col(GateRow.opened_at).desc())))
+    open_gate = next((g for g in rows if g.state == "open"), None)
+    if open_gate is not None:
+        return open_gate
+    if rows:
+        raise ApiError(409, "GATE_ALREADY_DECIDED", f"gate {rows[0].id} is already {rows[0].state}")
+    where = f" for stage {stage!r}" if stage else ""
+    raise ApiError(409, "GATE_NOT_OPEN", f"job {job.id} has no open gate{where}")
+
+
+async def _decide(
+    job_id: str,
+    action: GateAction,
+    outcome: Outcome,
+    principal: Principal,
+    session: SessionDep,
+    temporal: TemporalDep,
+    key: str | None,
+) -> DecisionOut:
+    job = await load_job(session, job_id)
+    gate: GateRow | None = None
+    if key:
+        # A retried request goes to the gate its first try decided, open or not.
+        earlier = await session.get(Decision, f"{job.id}/{key}")
+        if earlier is not None:
+            gate = await session.get(GateRow, earlier.gate_id)
+    gate = gate or await _open_gate(session, job, action.stage)
+    data = action.input
+    if action.patch is not None:
+        data = {**(data or {}), "patch": action.patch}
+    return await decisions.decide(
+        temporal,
+        gate,
+        outcome,
+        principal.name,
+        reason=action.reason or action.notes,
+        data=data,
+        idempotency_key=key,
+    )
+
+
+DECIDE_ERRORS: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorBody, "description": "No open gate, already decided, or decided twice"},
+    422: {"model": ErrorBody, "description": "Reason missing or input not matching the schema"},
+}
+
+
+@router.post("/jobs/{job_id}/approve", summary="Approve the open gate", responses=DECIDE_ERRORS)
+async def approve(
+    job_id: str,
+    principal: Approver,
+    session: SessionDep,
+    temporal: TemporalDep,
+    key: IdempotencyKeyDep,
+    action: GateAction | None = None,
+) -> DecisionOut:
+    """The job goes on to its next stage once the gate has its approvals."""
+    return await _decide(
+        job_id, action or GateAction(), "approve", principal, session, temporal, key
+    )
+
+
+@router.post("/jobs/{job_id}/reject", summary="Reject the open gate", responses=DECIDE_ERRORS)
+async def reject(
+    job_id: str,
+    principal: Approver,
+    session: SessionDep,
+    temporal: TemporalDep,
+    key: IdempotencyKeyDep,
+    action: GateAction | None = None,
+) -> DecisionOut:
+    """The job pauses at the gate; `resume` runs the stage again."""
+    return await _decide(
+        job_id, action or GateAction(), "reject", principal, session, temporal, key
+    )
+
+
+@router.post(
+    "/jobs/{job_id}/resume",
+    summary="Resume a paused job",
+    responses={409: {"model": ErrorBody, "description": "The job is not paused"}},
+)
+async def resume(
+    job_id: str,
+    principal: Writer,
+    session: SessionDep,
+    temporal: TemporalDep,
+    key: IdempotencyKeyDep,
+    body: ResumeRequest | None = None,
+) -> ResumeOut:
+    """Runs the rejected stage again, with the params patched, and opens its gate again."""
+    job = await load_job(session, job_id)
+    if job.state != "paused":
+        raise ApiError(409, "JOB_NOT_PAUSED", f"job {job_id} is {job.state}, not paused")
+    body = body or ResumeRequest()
+    params: dict[str, Any] | None = None
+    if body.params is not None or body.patch is not None:
+        params = {**job.params, **(body.params or {})}
+        if body.patch is not None:
+            ops = body.patch if isinstance(body.patch, list) else [body.patch]
+            try:
+                params = jsonpatch.apply_patch(params, ops)
+            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+                raise ApiError(422, "INVALID_PATCH", f"patch: {exc}") from None
+    handle = temporal.get_workflow_handle(job_id)
+    return await decisions.updating(
+        handle.execute_update(
+            JobWorkflow.resume,
+            ResumeIn(by=principal.name, params=params),
+            id=key or f"resume-{uuid.uuid4()}",
+        )
+    )
+
+
+@router.post(
+    "/jobs/{job_id}/cancel",
+    summary="Cancel a job",
+    responses={409: {"model": ErrorBody, "description": "The job has already ended"}},
+)
+async def cancel(job_id: str, _: Writer, session: SessionDep, temporal: TemporalDep) -> Message:
+    """Kills the running step's process group; the job ends `canceled`."""
+    job = await load_job(session, job_id)
+    if job.state in TERMINAL:
+        raise ApiError(409, "JOB_ALREADY_ENDED", f"job {job_id} is already {job.state}")
+    await decisions.updating(temporal.get_workflow_handle(job_id).cancel())
+    return Message(message="cancel requested", state="canceling")
+
+
+@router.get("/jobs/{job_id}/events", summary="Poll a job's events")
+async def job_events(
+    job_id: str,
+    _: Reader,
+    session: SessionDep,
+    after: Annotated[int, Query(ge=0, description="Only events with a larger id")] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> EventsPage:
+    await load_job(session, job_id)
+    rows = list(await events.after(session, job_id, after, limit + 1))
+    items = [EventOut(**event_json(e)) for e in rows[:limit]]
+    return EventsPage(
+        items=items,
+        total=await events.count(session, job_id),
+        after=after,
+        limit=limit,
+        last_id=items[-1].id if items else after,
+        has_more=len(rows) > limit,
+    )
+
+
+@router.get(
+    "/jobs/{job_id}/events/stream",
+    summary="Stream a job's events (SSE)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def job_event_stream(
+    request: Request,
+    job_id: str,
+    _: Reader,
+    session: SessionDep,
+    settings: SettingsDep,
+    last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0)] = None,
+    after: Annotated[int, Query(ge=0, description="Replay events after this id")] = 0,
+) -> StreamingResponse:
+    """`connected`, then every event with its `id:`, live, then `done` when the job ends.
+
+    Resume with `Last-Event-ID`: no gap and no duplicate. A comment every 15 s keeps the
+    connection open."""
+    job = await load_job(session, job_id)
+    db = request.app.state.db
+    hub: EventHub = request.app.state.hub
+
+    async def ended() -> dict[str, Any] | None:
+        async with db.session() as s:
+            row = await s.get(Job, job_id)
+        return {"status": row.state} if row and row.state in TERMINAL else None
+
+    stream = sse(
+        hub,
+        job_id,
+        last_event_id if last_event_id is not None else after,
+        {"job_id": job_id, "status": job.state},
+        ended,
+        settings.sse_keepalive_seconds,
+        settings.sse_max_seconds,
+    )
+    return StreamingResponse(
+        stream,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get("/jobs/{job_id}/artifacts", summary="List a job's artifacts")
+async def job_artifacts(job_id: str, _: Reader, session: SessionDep) -> list[ArtifactPublic]:
+    await load_job(session, job_id)
+    rows = await session.exec(
+        select(Artifact).where(Artifact.resource_id == job_id).order_by(col(Artifact.created_at))
+    )
+    return [ArtifactPublic.model_validate(a, from_attributes=True) for a in rows]
+
+
+@router.get(
+    "/jobs/{job_id}/artifacts/{artifact_id}",
+    summary="Download one artifact",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+async def download_artifact(
+    job_id: str, artifact_id: str, _: Reader, session: SessionDep, settings: SettingsDep
+) -> FileResponse:
+    artifact = await session.get(Artifact, artifact_id)
+    if artifact is None or artifact.resource_id != job_id:
+        raise not_found("artifact", artifact_id)
+    root = settings.artifacts_dir
+    path = (root / artifact.path).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        raise ApiError(404, "ARTIFACT_FILE_MISSING", f"artifact {artifact_id}'s file is missing")
+    return FileResponse(path, media_type=artifact.content_type, filename=path.name)

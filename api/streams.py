@@ -1,0 +1,232 @@
+"""Live events: one watcher per API process, fanned out to every subscriber, and the SSE
+stream built on it (subscribe, then replay, then live; `id:` on every event)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+from store import events
+from store.engine import Database, is_sqlite
+from store.models import Event
+
+log = logging.getLogger("pilothouse.streams")
+
+POLL_S = 0.05
+QUEUE_SIZE = 1000
+REPLAY_BATCH = 500
+
+
+class Subscription:
+    """A subscriber's queue. When it overflows, the reader catches up from the database."""
+
+    def __init__(self, resource_id: str) -> None:
+        self.resource_id = resource_id
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_SIZE)
+        self.lagged = False
+
+    def offer(self, event: Event) -> None:
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.lagged = True
+
+
+class EventHub:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._subscribers: dict[str, set[Subscription]] = defaultdict(set)
+        self._cursors: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Queue[str] = asyncio.Queue()
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self._subscribers.values())
+
+    async def start(self) -> None:
+        watcher = self._poll_sqlite if is_sqlite(self.db.url) else self._listen_postgres
+        self._task = asyncio.create_task(watcher())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, resource_id: str) -> AsyncIterator[Subscription]:
+        subscription = Subscription(resource_id)
+        if resource_id not in self._cursors:
+            async with self.db.session() as session:
+                self._cursors.setdefault(resource_id, await events.last_id(session, resource_id))
+        self._subscribers[resource_id].add(subscription)
+        try:
+            yield subscription
+        finally:
+            self._subscribers[resource_id].discard(subscription)
+            if not self._subscribers[resource_id]:
+                del self._subscribers[resource_id]
+                self._cursors.pop(resource_id, None)
+
+    def _dispatch(self, event: Event) -> None:
+        assert event.id is not None
+        cursor = self._cursors.get(event.resource_id)
+        if cursor is None or event.id <= cursor:
+            return
+        self._cursors[event.resource_id] = event.id
+        for subscription in self._subscribers.get(event.resource_id, ()):
+            subscription.offer(event)
+
+    async def _poll_sqlite(self) -> None:
+        # SQLite commits in id order (one writer at a time), so one global cursor is exact.
+        async with self.db.session() as session:
+            cursor = await events.last_id(session)
+        while True:
+            try:
+                if self._subscribers:
+                    async with self.db.session() as session:
+                        new = await events.since_global(session, cursor, REPLAY_BATCH)
+                    for event in new:
+                        assert event.id is not None
+                        cursor = event.id
+                        self._dispatch(event)
+                    if len(new) == REPLAY_BATCH:
+                        continue
+                else:
+                    async with self.db.session() as session:
+                        cursor = await events.last_id(session)
+            except Exception:
+                log.exception("event watcher failed; retrying")
+            await asyncio.sleep(POLL_S)
+
+    async def _fetch(self, resource_id: str) -> None:
+        if resource_id not in self._subscribers:
+            return
+        cursor = self._cursors.get(resource_id, 0)
+        async with self.db.session() as session:
+            new = await events.after(session, resource_id, cursor, REPLAY_BATCH)
+        for event in new:
+            self._dispatch(event)
+        if len(new) == REPLAY_BATCH:
+            self._wake.put_nowait(resource_id)
+
+    async def _listen_postgres(self) -> None:
+        url = make_url(self.db.url).set(drivername="postgresql")
+        dsn = url.render_as_string(hide_password=False)
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {events.CHANNEL}")
+                    # Catch up on whatever was written while (re)connecting.
+                    for resource_id in list(self._subscribers):
+                        await self._fetch(resource_id)
+                    fetcher = asyncio.create_task(self._fetch_woken())
+                    try:
+                        async for note in conn.notifies():
+                            self._wake.put_nowait(note.payload)
+                    finally:
+                        fetcher.cancel()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("event listener lost its connection; reconnecting")
+                await asyncio.sleep(1)
+
+    async def _fetch_woken(self) -> None:
+        while True:
+            resource_id = await self._wake.get()
+            try:
+                await self._fetch(resource_id)
+            except Exception:
+                log.exception("could not read events of %s", resource_id)
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "ts": event.created_at.isoformat().replace("+00:00", "Z"),
+        "type": event.type,
+        "stage": event.stage,
+        "status": event.status,
+        "message": event.message,
+        "payload": event.payload,
+        "resource_kind": event.resource_kind,
+        "resource_id": event.resource_id,
+    }
+
+
+def frame(data: dict[str, Any], *, event: str | None = None, id: int | None = None) -> str:
+    lines = []
+    if id is not None:
+        lines.append(f"id: {id}")
+    if event:
+        lines.append(f"event: {event}")
+    lines.append(f"data: {json.dumps(data, default=str)}")
+    return "\n".join(lines) + "\n\n"
+
+
+async def sse(
+    hub: EventHub,
+    resource_id: str,
+    after_id: int,
+    connected: dict[str, Any],
+    ended: Callable[[], Awaitable[dict[str, Any] | None]],
+    keepalive_s: float,
+    max_s: float,
+) -> AsyncIterator[str]:
+    """Subscribe first, then replay from the database, then follow live events.
+
+    `ended` returns the resource's final status once it has ended, else None.
+    """
+    async with hub.subscribe(resource_id) as subscription:
+        yield frame(connected, event="connected")
+        last = after_id
+        caught_up = False
+        started = time.monotonic()
+        while True:
+            if not caught_up or subscription.lagged:
+                subscription.lagged = False
+                async with hub.db.session() as session:
+                    batch = await events.after(session, resource_id, last, REPLAY_BATCH)
+                for event in batch:
+                    assert event.id is not None
+                    last = event.id
+                    yield frame(event_json(event), id=event.id)
+                    if event.final:
+                        yield frame({"status": event.status}, event="done")
+                        return
+                if len(batch) == REPLAY_BATCH:
+                    continue
+                if not caught_up:
+                    caught_up = True
+                    final = await ended()
+                    if final is not None:
+                        yield frame(final, event="done")
+                        return
+            left = max_s - (time.monotonic() - started)
+            if left <= 0:
+                yield frame({"after_seconds": max_s}, event="timeout")
+                return
+            try:
+                event = await asyncio.wait_for(subscription.queue.get(), min(keepalive_s, left))
+            except TimeoutError:
+                yield ": keepalive\n\n"
+                continue
+            assert event.id is not None
+            if event.id <= last:
+                continue
+            last = event.id
+            yield frame(event_json(event), id=event.id)
+            if event.final:
+                yield frame({"status": event.status}, event="done")
+                return

@@ -1,0 +1,295 @@
+"""Jobs end to end: a real worker, a real Temporal server, the API over HTTP."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from sqlmodel import select
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.worker import Worker
+
+from store.models import Decision
+from store.tokens import Scope
+from tests.conftest import Api, make_token
+from tests.jobs_helpers import GATE, create_job, event_types, stage, wait_state
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+async def decisions_of(api: Api, gate_id: str) -> list[Decision]:
+    async with api.db.session() as session:
+        rows = await session.exec(select(Decision).where(Decision.gate_id == gate_id))
+        return list(rows)
+
+
+async def test_stages_run_in_order_and_stop_at_the_gate(api: Api, admin: httpx.AsyncClient) -> None:
+    job_id = await create_job(
+        admin, stage("a", "echo", "A"), stage("b", "echo", "B", gate=GATE), stage("c")
+    )
+    job = await wait_state(admin, job_id, "needs_approval")
+    assert job["stage"] == "b" and job["open_gate"]["stage"] == "b"
+    gate_id = job["open_gate"]["gate_id"]
+    approved = await admin.post(f"/api/v1/jobs/{job_id}/approve", json={"reason": "fine"})
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["gate_state"] == "approved"
+    done = await wait_state(admin, job_id, "completed")
+    assert done["gates"][0]["decided_by"] == "admin" and done["gates"][0]["via"] == "api"
+    types = await event_types(admin, job_id)
+    assert types == [
+        "job_created",
+        "stage_started",
+        "step_finished",
+        "stage_started",
+        "step_finished",
+        "gate_pause",
+        "gate_approved",
+        "stage_started",
+        "step_finished",
+        "job_completed",
+    ]
+    [decision] = await decisions_of(api, gate_id)
+    assert (decision.by, decision.via, decision.outcome, decision.reason) == (
+        "admin",
+        "api",
+        "approve",
+        "fine",
+    )
+
+
+async def test_reject_pauses_and_resume_reruns_with_patched_params(
+    admin: httpx.AsyncClient,
+) -> None:
+    job_id = await create_job(
+        admin,
+        stage("script", "sh", "-c", "echo length=$PARAM_LENGTH", gate=GATE),
+        params={"length": 5},
+    )
+    await wait_state(admin, job_id, "needs_approval")
+    rejected = await admin.post(
+        f"/api/v1/jobs/{job_id}/reject", json={"notes": "too long", "stage": "script"}
+    )
+    assert rejected.status_code == 200, rejected.text
+    paused = await wait_state(admin, job_id, "paused")
+    assert paused["gates"][0]["reason"] == "too long"
+    resumed = await admin.post(
+        f"/api/v1/jobs/{job_id}/resume",
+        json={"patch": [{"op": "replace", "path": "/length", "value": 3}]},
+    )
+    assert resumed.status_code == 200, resumed.text
+    again = await wait_state(admin, job_id, "needs_approval")
+    assert again["params"] == {"length": 3}
+    assert len(again["gates"]) == 2 and again["open_gate"]["gate_id"].endswith(":script:2")
+    events = (await admin.get(f"/api/v1/jobs/{job_id}/events")).json()["items"]
+    tails = [e["payload"]["tail"] for e in events if e["type"] == "step_finished"]
+    assert tails == [["length=5"], ["length=3"]]
+    await admin.post(f"/api/v1/jobs/{job_id}/approve")
+    await wait_state(admin, job_id, "completed")
+
+
+async def test_decision_refusals_have_their_own_codes(api: Api, admin: httpx.AsyncClient) -> None:
+    job_id = await create_job(admin, stage("s", gate=GATE))
+    await wait_state(admin, job_id, "needs_approval")
+    no_reason = await admin.post(f"/api/v1/jobs/{job_id}/reject")
+    assert no_reason.status_code == 422 and no_reason.json()["error_code"] == "REASON_REQUIRED"
+    wrong_stage = await admin.post(f"/api/v1/jobs/{job_id}/approve", json={"stage": "nope"})
+    assert wrong_stage.status_code == 409 and wrong_stage.json()["error_code"] == "GATE_NOT_OPEN"
+    ok = await admin.post(f"/api/v1/jobs/{job_id}/approve")
+    assert ok.status_code == 200
+    await wait_state(admin, job_id, "completed")
+    again = await admin.post(f"/api/v1/jobs/{job_id}/approve")
+    assert again.status_code == 409 and again.json()["error_code"] == "GATE_ALREADY_DECIDED"
+    resume = await admin.post(f"/api/v1/jobs/{job_id}/resume")
+    assert resume.status_code == 409 and resume.json()["error_code"] == "JOB_NOT_PAUSED"
+    cancel = await admin.post(f"/api/v1/jobs/{job_id}/cancel")
+    assert cancel.status_code == 409 and cancel.json()["error_code"] == "JOB_ALREADY_ENDED"
+    missing = await admin.get("/api/v1/jobs/job-nope")
+    assert missing.status_code == 404 and missing.json()["error_code"] == "JOB_NOT_FOUND"
+
+
+async def test_quorum_allowlist_and_duplicate_approvers(api: Api, admin: httpx.AsyncClient) -> None:
+    alice = await make_token(api.db, "alice", Scope.approvals_write, Scope.jobs_read)
+    bob = await make_token(api.db, "bob", Scope.approvals_write, Scope.jobs_read)
+    eve = await make_token(api.db, "eve", Scope.approvals_write, Scope.jobs_read)
+    gate = {"required": True, "required_approvals": 2, "approvers": ["alice", "bob"]}
+    job_id = await create_job(admin, stage("deploy", gate=gate))
+    await wait_state(admin, job_id, "needs_approval")
+    async with api.client(alice) as a, api.client(bob) as b, api.client(eve) as e:
+        outsider = await e.post(f"/api/v1/jobs/{job_id}/approve")
+        assert outsider.status_code == 403 and outsider.json()["error_code"] == "NOT_AN_APPROVER"
+        first = await a.post(f"/api/v1/jobs/{job_id}/approve")
+        assert first.json()["gate_state"] == "open" and first.json()["approvals"] == ["alice"]
+        twice = await a.post(f"/api/v1/jobs/{job_id}/approve")
+        assert twice.status_code == 409 and twice.json()["error_code"] == "DUPLICATE_APPROVER"
+        inbox = (await b.get("/api/v1/approvals", params={"state": "pending"})).json()
+        [entry] = [g for g in inbox["items"] if g["resource_id"] == job_id]
+        assert entry["approvals_remaining"] == 1
+        second = await b.post(
+            f"/api/v1/approvals/{entry['gate_id']}/decide", json={"outcome": "approve"}
+        )
+        assert second.status_code == 200 and second.json()["gate_state"] == "approved"
+    await wait_state(admin, job_id, "completed")
+    assert len(await decisions_of(api, entry["gate_id"])) == 2
+
+
+async def test_decision_input_is_checked_against_the_schema(admin: httpx.AsyncClient) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"rating": {"type": "integer", "minimum": 1}},
+        "required": ["rating"],
+    }
+    job_id = await create_job(admin, stage("s", gate={"required": True, "input_schema": schema}))
+    await wait_state(admin, job_id, "needs_approval")
+    bad = await admin.post(f"/api/v1/jobs/{job_id}/approve", json={"input": {"rating": "high"}})
+    assert bad.status_code == 422 and bad.json()["error_code"] == "INVALID_DECISION_INPUT"
+    assert "input.rating" in bad.json()["detail"]
+    good = await admin.post(f"/api/v1/jobs/{job_id}/approve", json={"input": {"rating": 4}})
+    assert good.status_code == 200
+    await wait_state(admin, job_id, "completed")
+
+
+async def test_an_idempotency_key_applies_a_decision_once(
+    api: Api, admin: httpx.AsyncClient
+) -> None:
+    job_id = await create_job(admin, stage("s", gate=GATE), stage("t", gate=GATE))
+    job = await wait_state(admin, job_id, "needs_approval")
+    headers = {"Idempotency-Key": "approve-s-once"}
+    first = await admin.post(f"/api/v1/jobs/{job_id}/approve", headers=headers)
+    second = await admin.post(f"/api/v1/jobs/{job_id}/approve", headers=headers)
+    assert first.status_code == second.status_code == 200, second.text
+    assert first.json() == second.json()
+    later = await wait_state(admin, job_id, "needs_approval")
+    assert later["open_gate"]["stage"] == "t"
+    assert len(await decisions_of(api, job["open_gate"]["gate_id"])) == 1
+
+
+async def test_gate_timers_decide_as_configured(admin: httpx.AsyncClient) -> None:
+    approve = await create_job(
+        admin, stage("s", gate={"required": True, "timeout_seconds": 1, "on_timeout": "approve"})
+    )
+    fail = await create_job(
+        admin, stage("s", gate={"required": True, "timeout_seconds": 1, "on_timeout": "fail"})
+    )
+    reject = await create_job(admin, stage("s", gate={"required": True, "timeout_minutes": 0.02}))
+    done = await wait_state(admin, approve, "completed")
+    assert done["gates"][0]["decided_by"] == "timer" and done["gates"][0]["via"] == "timer"
+    failed = await wait_state(admin, fail, "failed")
+    assert "no decision within 1 s" in failed["error"]
+    paused = await wait_state(admin, reject, "paused")
+    assert paused["gates"][0]["state"] == "rejected" and paused["gates"][0]["via"] == "timer"
+    assert "gate_timed_out" in await event_types(admin, approve)
+
+
+async def test_auto_approve_and_reminders(admin: httpx.AsyncClient) -> None:
+    auto = await create_job(admin, stage("s", gate={"required": True, "auto_approve": True}))
+    done = await wait_state(admin, auto, "completed")
+    assert done["gates"][0]["decided_by"] == "auto"
+    assert "gate_auto_approved" in await event_types(admin, auto)
+    nag = await create_job(admin, stage("s", gate={"required": True, "reminder_every_seconds": 1}))
+    await wait_state(admin, nag, "needs_approval")
+    for _ in range(100):
+        if "gate_reminder" in await event_types(admin, nag):
+            break
+        import asyncio
+
+        await asyncio.sleep(0.1)
+    assert "gate_reminder" in await event_types(admin, nag)
+    await admin.post(f"/api/v1/jobs/{nag}/approve")
+    await wait_state(admin, nag, "completed")
+
+
+async def test_a_failing_step_fails_the_job(admin: httpx.AsyncClient) -> None:
+    job_id = await create_job(
+        admin, stage("boom", "sh", "-c", "echo broken; exit 4"), stage("never")
+    )
+    job = await wait_state(admin, job_id, "failed")
+    assert "exited with status 4" in job["error"] and job["stage"] == "boom"
+    types = await event_types(admin, job_id)
+    assert types[-1] == "job_failed" and "never" not in str(types)
+
+
+async def test_cancel_kills_the_running_step(
+    api: Api, admin: httpx.AsyncClient, client: Client, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    pidfile = Path(str(tmp_path)) / "pid"
+    job_id = await create_job(
+        admin, stage("long", "sh", "-c", f"echo $$ > {pidfile}; exec sleep 60")
+    )
+    await wait_state(admin, job_id, "running")
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + 20
+    while not (pidfile.exists() and pidfile.read_text().strip()):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    pid = int(pidfile.read_text())
+    canceled = await admin.post(f"/api/v1/jobs/{job_id}/cancel")
+    assert canceled.status_code == 200, canceled.text
+    await wait_state(admin, job_id, "canceled")
+    assert (
+        not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    )
+    described = await client.get_workflow_handle(job_id).describe()
+    assert described.status == WorkflowExecutionStatus.CANCELED
+
+
+async def test_artifacts_list_and_download(admin: httpx.AsyncClient) -> None:
+    job_id = await create_job(admin, stage("build", "echo", "built it"))
+    await wait_state(admin, job_id, "completed")
+    [artifact] = (await admin.get(f"/api/v1/jobs/{job_id}/artifacts")).json()
+    assert artifact["stage"] == "build" and artifact["size_bytes"] == len("built it\n")
+    body = await admin.get(f"/api/v1/jobs/{job_id}/artifacts/{artifact['id']}")
+    assert body.status_code == 200 and body.text == "built it\n"
+    other = await admin.get(f"/api/v1/jobs/job-other/artifacts/{artifact['id']}")
+    assert other.status_code == 404
+
+
+async def test_bad_job_bodies_are_422_and_write_nothing(admin: httpx.AsyncClient) -> None:
+    both = await admin.post("/api/v1/jobs", json={"pipeline": "x", "stages": [stage("a")]})
+    unknown = await admin.post("/api/v1/jobs", json={"pipeline": "nope"})
+    dup = await admin.post("/api/v1/jobs", json={"stages": [stage("a"), stage("a")]})
+    bad_gate = await admin.post(
+        "/api/v1/jobs", json={"stages": [stage("a", gate={"on_timeout": "explode"})]}
+    )
+    assert both.status_code == unknown.status_code == dup.status_code == bad_gate.status_code == 422
+    assert unknown.json()["error_code"] == "UNKNOWN_PIPELINE"
+    assert "on_timeout" in bad_gate.json()["detail"]
+    assert (await admin.get("/api/v1/jobs")).json()["total"] == 0
+
+
+async def test_jobs_show_state_and_gate_in_the_temporal_ui(
+    admin: httpx.AsyncClient, client: Client, worker: Worker
+) -> None:
+    job_id = await create_job(admin, stage("review", gate=GATE))
+    await wait_state(admin, job_id, "needs_approval")
+    described = await client.get_workflow_handle(job_id).describe()
+    attrs = {k.name: v for k, v in described.typed_search_attributes}
+    assert attrs["PilothouseKind"] == "job"
+    assert attrs["PilothouseState"] == "needs_approval"
+    assert attrs["PilothouseGate"].endswith(":review:1")
+    await admin.post(f"/api/v1/jobs/{job_id}/approve")
+    await wait_state(admin, job_id, "completed")
+
+
+async def test_a_job_that_cannot_start_leaves_nothing_behind(api: Api) -> None:
+    from settings import Settings
+    from tests.conftest import free_port, serve
+
+    settings: Settings = api.settings
+    offline = settings.model_copy(update={"temporal_address": f"127.0.0.1:{free_port()}"})
+    async with serve(offline) as base, httpx.AsyncClient(
+        base_url=base, headers={"Authorization": f"Bearer {api.admin_token}"}
+    ) as client:
+        answer = await client.post(
+            "/api/v1/jobs", json={"stages": [stage("a")]}, headers={"Idempotency-Key": "k1"}
+        )
+        assert answer.status_code == 503
+        assert answer.json()["error_code"] == "TEMPORAL_UNAVAILABLE"
+        assert (await client.get("/api/v1/jobs")).json()["total"] == 0
+    async with api.db.session() as session:
+        from store.models import Event, IdempotencyKey
+
+        assert (await session.exec(select(Event))).all() == []
+        assert (await session.exec(select(IdempotencyKey))).all() == []

@@ -1,0 +1,298 @@
+"""The approval gate: one implementation, inherited by every workflow family.
+
+A gate opens, is recorded, and waits for decisions (a Temporal Update with a validator),
+its timer, or an auto-approval. The workflow alone holds its state; every decision is
+recorded through an activity before the workflow moves on.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.records import DecisionRecord, GateOpened, GateReminder
+    from workflows import attributes
+
+RECORD_TIMEOUT = timedelta(seconds=30)
+RECORD_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5)
+)
+
+Via = Literal["api", "telegram", "timer", "auto"]
+Outcome = Literal["approve", "reject"]
+
+
+class GateConfig(BaseModel):
+    """How a gate decides. `timeout_minutes` is the operator file's spelling."""
+
+    required: bool = True
+    auto_approve: bool = False
+    timeout_seconds: float | None = Field(None, gt=0)
+    timeout_minutes: float | None = Field(None, gt=0)
+    on_timeout: Literal["approve", "reject", "fail"] = "reject"
+    required_approvals: int = Field(1, ge=1, le=100)
+    approvers: list[str] = Field(default_factory=list)
+    reminder_every_seconds: float | None = Field(None, gt=0)
+    reason_required_on_reject: bool = True
+    input_schema: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_timeout(self) -> GateConfig:
+        if self.timeout_minutes is not None:
+            if self.timeout_seconds is not None:
+                raise ValueError("give timeout_seconds or timeout_minutes, not both")
+            self.timeout_seconds = self.timeout_minutes * 60
+            self.timeout_minutes = None
+        return self
+
+
+class DecisionIn(BaseModel):
+    """One decision on one gate. `by` is the caller's identity, never the body's."""
+
+    gate_id: str | None = Field(None, description="The gate; the open one when absent")
+    outcome: Outcome
+    by: str
+    via: Via = "api"
+    reason: str | None = None
+    input: dict[str, Any] | None = None
+
+
+class DecisionOut(BaseModel):
+    gate_id: str
+    stage: str
+    outcome: Outcome
+    gate_state: Literal["open", "approved", "rejected", "failed"]
+    approvals: list[str]
+    approvals_needed: int
+
+
+class GateResult(BaseModel):
+    gate_id: str
+    state: Literal["approved", "rejected", "failed"]
+    by: str
+    via: Via
+    reason: str | None = None
+    input: dict[str, Any] | None = None
+
+
+class GateState:
+    """One opening of a gate, inside the workflow."""
+
+    def __init__(self, gate_id: str, stage: str, config: GateConfig, opened_at: datetime) -> None:
+        self.id = gate_id
+        self.stage = stage
+        self.config = config
+        self.opened_at = opened_at
+        self.approvals: list[str] = []
+        self.deciders: set[str] = set()
+        self.result: GateResult | None = None
+        self.recording = 0
+
+    @property
+    def state(self) -> Literal["open", "approved", "rejected", "failed"]:
+        return self.result.state if self.result else "open"
+
+    def settle(self, d: DecisionIn) -> None:
+        """Apply a checked decision, synchronously, before anything awaits."""
+        self.deciders.add(d.by)
+        if d.outcome == "approve":
+            self.approvals.append(d.by)
+            if len(self.approvals) < self.config.required_approvals and d.via not in (
+                "timer",
+                "auto",
+            ):
+                return
+            state: Literal["approved", "rejected", "failed"] = "approved"
+        else:
+            state = "rejected"
+        self.result = GateResult(
+            gate_id=self.id, state=state, by=d.by, via=d.via, reason=d.reason, input=d.input
+        )
+
+
+def refuse(code: str, message: str) -> ApplicationError:
+    return ApplicationError(message, type=code, non_retryable=True)
+
+
+class Gated:
+    """Base class of every workflow with gates: the `decide` Update and `run_gate`."""
+
+    kind: str = "resource"
+    waiting_state: str = "needs_approval"
+
+    def __init__(self) -> None:
+        self._gate: GateState | None = None
+        self._closed: dict[str, GateState] = {}
+
+    # --- the Update --------------------------------------------------------------------
+
+    def _check(self, d: DecisionIn) -> GateState:
+        gate = self._gate
+        if d.gate_id and (gate is None or gate.id != d.gate_id):
+            if d.gate_id in self._closed:
+                raise refuse("GATE_ALREADY_DECIDED", f"gate {d.gate_id} is already decided")
+            raise refuse("GATE_NOT_OPEN", f"gate {d.gate_id} is not open")
+        if gate is None:
+            raise refuse("GATE_NOT_OPEN", "no gate is open")
+        if gate.result is not None:
+            raise refuse("GATE_ALREADY_DECIDED", f"gate {gate.id} is already {gate.state}")
+        config = gate.config
+        if config.approvers and d.by not in config.approvers and d.via in ("api", "telegram"):
+            raise refuse("NOT_AN_APPROVER", f"{d.by!r} is not on gate {gate.id}'s approvers")
+        if d.by in gate.deciders:
+            raise refuse("DUPLICATE_APPROVER", f"{d.by!r} has already decided gate {gate.id}")
+        if d.outcome == "reject" and config.reason_required_on_reject and not d.reason:
+            raise refuse("REASON_REQUIRED", "reason: a rejection of this gate needs a reason")
+        return gate
+
+    @workflow.update
+    async def decide(self, d: DecisionIn) -> DecisionOut:
+        # Updates in one workflow task all pass the validator before any handler runs,
+        # so the handler checks again, and settles before its first await.
+        gate = self._check(d)
+        gate.settle(d)
+        await self._record_decision(gate, d, workflow.current_update_info())
+        return DecisionOut(
+            gate_id=gate.id,
+            stage=gate.stage,
+            outcome=d.outcome,
+            gate_state=gate.state,
+            approvals=list(gate.approvals),
+            approvals_needed=gate.config.required_approvals,
+        )
+
+    @decide.validator
+    def _validate_decide(self, d: DecisionIn) -> None:
+        self._check(d)
+
+    async def _record_decision(
+        self, gate: GateState, d: DecisionIn, update: workflow.UpdateInfo | None
+    ) -> None:
+        # Update ids are unique per workflow; the decisions table is global.
+        workflow_id = workflow.info().workflow_id
+        decision_id = f"{workflow_id}/{update.id}" if update else f"{gate.id}/{d.via}"
+        gate.recording += 1
+        try:
+            await workflow.execute_activity(
+                "records.decision",
+                DecisionRecord(
+                    id=decision_id,
+                    gate_id=gate.id,
+                    resource_kind=self.kind,
+                    resource_id=workflow.info().workflow_id,
+                    stage=gate.stage,
+                    outcome=d.outcome,
+                    by=d.by,
+                    via=d.via,
+                    reason=d.reason,
+                    input=d.input,
+                    gate_state=gate.state,
+                    approvals=list(gate.approvals),
+                ),
+                start_to_close_timeout=RECORD_TIMEOUT,
+                retry_policy=RECORD_RETRY,
+            )
+        finally:
+            gate.recording -= 1
+
+    # --- waiting on a gate -----------------------------------------------------------------
+
+    async def run_gate(
+        self, stage: str, config: GateConfig, opening: int, auto_approve_allowed: bool
+    ) -> GateResult:
+        info = workflow.info()
+        gate = GateState(f"{info.workflow_id}:{stage}:{opening}", stage, config, workflow.now())
+        deadline = (
+            gate.opened_at + timedelta(seconds=config.timeout_seconds)
+            if config.timeout_seconds
+            else None
+        )
+        self._gate = gate
+        workflow.upsert_search_attributes([attributes.GATE.value_set(gate.id)])
+        workflow.set_current_details(
+            f"**Stage** {stage}\n\n**Gate** {gate.id}: waiting for a decision"
+        )
+        await workflow.execute_activity(
+            "records.gate_opened",
+            GateOpened(
+                gate_id=gate.id,
+                resource_kind=self.kind,
+                resource_id=info.workflow_id,
+                stage=stage,
+                config=config.model_dump(mode="json"),
+                approvals_needed=config.required_approvals,
+                opened_at=gate.opened_at,
+                deadline=deadline,
+                resource_state=self.waiting_state,
+            ),
+            start_to_close_timeout=RECORD_TIMEOUT,
+            retry_policy=RECORD_RETRY,
+        )
+        if config.auto_approve and auto_approve_allowed:
+            await self._decide_alone(gate, DecisionIn(outcome="approve", by="auto", via="auto"))
+        while gate.result is None:
+            now = workflow.now()
+            waits = [
+                (deadline - now).total_seconds() if deadline else None,
+                config.reminder_every_seconds,
+            ]
+            wait = min((w for w in waits if w is not None), default=None)
+            try:
+                await workflow.wait_condition(
+                    lambda: gate.result is not None,
+                    timeout=timedelta(seconds=max(wait, 0.001)) if wait is not None else None,
+                )
+            except TimeoutError:
+                if deadline is not None and workflow.now() >= deadline:
+                    await self._time_out(gate)
+                else:
+                    await workflow.execute_activity(
+                        "records.gate_reminder",
+                        GateReminder(
+                            gate_id=gate.id,
+                            resource_kind=self.kind,
+                            resource_id=info.workflow_id,
+                            stage=stage,
+                            approvals=list(gate.approvals),
+                        ),
+                        start_to_close_timeout=RECORD_TIMEOUT,
+                        retry_policy=RECORD_RETRY,
+                    )
+        # The decision's record must land before anything the workflow does next.
+        await workflow.wait_condition(lambda: gate.recording == 0)
+        self._gate = None
+        self._closed[gate.id] = gate
+        workflow.upsert_search_attributes([attributes.GATE.value_set("")])
+        assert gate.result is not None
+        return gate.result
+
+    async def _time_out(self, gate: GateState) -> None:
+        action = gate.config.on_timeout
+        reason = f"no decision within {gate.config.timeout_seconds:g} s"
+        if action == "fail":
+            gate.result = GateResult(
+                gate_id=gate.id, state="failed", by="timer", via="timer", reason=reason
+            )
+            await self._record_decision(
+                gate, DecisionIn(outcome="reject", by="timer", via="timer", reason=reason), None
+            )
+            return
+        await self._decide_alone(
+            gate,
+            DecisionIn(
+                outcome="approve" if action == "approve" else "reject",
+                by="timer",
+                via="timer",
+                reason=reason,
+            ),
+        )
+
+    async def _decide_alone(self, gate: GateState, d: DecisionIn) -> None:
+        gate.settle(d)
+        await self._record_decision(gate, d, None)

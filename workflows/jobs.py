@@ -1,0 +1,234 @@
+"""JobWorkflow: a pipeline's stages in order, each followed by its gate.
+
+Approve goes on; reject pauses the job at that gate; resume (with a params patch) runs
+the rejected stage again and opens its gate again; cancel kills the running step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
+
+with workflow.unsafe.imports_passed_through():
+    from activities.records import Transition
+    from activities.steps import StepInput, StepResult
+    from workflows import attributes
+    from workflows.gate import RECORD_RETRY, RECORD_TIMEOUT, GateConfig, Gated
+
+STAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+JobState = Literal[
+    "queued", "running", "needs_approval", "paused", "completed", "failed", "canceled"
+]
+
+
+class StageSpec(BaseModel):
+    name: str = Field(pattern=STAGE_NAME)
+    run: list[str] = Field(min_length=1, description="The argv of the stage's command")
+    cwd: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout_seconds: float | None = Field(None, gt=0)
+    retries: int = Field(0, ge=0, le=10, description="Extra attempts after a failure")
+    gate: GateConfig | None = Field(None, description="The gate after this stage; none when absent")
+
+
+class JobInput(BaseModel):
+    job_id: str
+    stages: list[StageSpec] = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+    auto_approve_allowed: bool = True
+    heartbeat_timeout_seconds: float = 5
+    kill_grace_seconds: float = 15
+
+
+class JobOutcome(BaseModel):
+    state: JobState
+    stage: str | None
+    error: str | None = None
+
+
+class ResumeIn(BaseModel):
+    by: str
+    params: dict[str, Any] | None = Field(None, description="The params to run with from now on")
+
+
+class ResumeOut(BaseModel):
+    state: JobState
+    stage: str | None
+
+
+def step_env(stage: StageSpec, params: dict[str, Any]) -> dict[str, str]:
+    env = {"PILOTHOUSE_PARAMS": json.dumps(params, sort_keys=True), "PILOTHOUSE_STAGE": stage.name}
+    for key, value in params.items():
+        if isinstance(value, str | int | float | bool):
+            env[f"PARAM_{key.upper()}"] = str(value)
+    return env | stage.env
+
+
+@workflow.defn(name="JobWorkflow")
+class JobWorkflow(Gated):
+    kind = "job"
+    waiting_state = "needs_approval"
+
+    @workflow.init
+    def __init__(self, job: JobInput) -> None:
+        super().__init__()
+        self.params = dict(job.params)
+        self.state: JobState = "queued"
+        self.stage: str | None = None
+        self._resume: ResumeIn | None = None
+
+    @workflow.run
+    async def run(self, job: JobInput) -> JobOutcome:
+        try:
+            return await self._run(job)
+        except (asyncio.CancelledError, ActivityError) as err:
+            if not is_cancelled_exception(err):
+                raise
+            # The step's process group is gone (WAIT_CANCELLATION_COMPLETED); say so, then
+            # end as canceled so the Temporal UI agrees with the database.
+            await self._transition("canceled", "job_canceled", "job canceled", final=True)
+            raise
+
+    async def _run(self, job: JobInput) -> JobOutcome:
+        index = 0
+        openings: dict[str, int] = {}
+        while index < len(job.stages):
+            stage = job.stages[index]
+            error = await self._run_stage(job, stage)
+            if error is not None:
+                return await self._fail(error)
+            gate = stage.gate
+            if gate is None or not gate.required:
+                index += 1
+                continue
+            openings[stage.name] = openings.get(stage.name, 0) + 1
+            self._set_state("needs_approval", stage.name)
+            result = await self.run_gate(
+                stage.name, gate, openings[stage.name], job.auto_approve_allowed
+            )
+            if result.state == "approved":
+                index += 1
+            elif result.state == "failed":
+                return await self._fail(f"gate {result.gate_id}: {result.reason}")
+            else:
+                await self._transition(
+                    "paused",
+                    "job_paused",
+                    f"{stage.name}: rejected: {result.reason or ''}",
+                    payload={"gate_id": result.gate_id, "reason": result.reason},
+                )
+                await workflow.wait_condition(lambda: self._resume is not None)
+                assert self._resume is not None
+                resume, self._resume = self._resume, None
+                if resume.params is not None:
+                    self.params = dict(resume.params)
+                await self._transition(
+                    "running",
+                    "job_resumed",
+                    f"{stage.name}: resumed by {resume.by}",
+                    payload={"by": resume.by, "params": self.params},
+                    changes={"params": self.params},
+                )
+        self.stage = None
+        await self._transition("completed", "job_completed", "job completed", final=True)
+        return JobOutcome(state="completed", stage=None)
+
+    async def _run_stage(self, job: JobInput, stage: StageSpec) -> str | None:
+        """Run one stage's command; the error text when it failed, else None."""
+        self._set_state("running", stage.name)
+        try:
+            await workflow.execute_activity(
+                "steps.run",
+                StepInput(
+                    resource_kind=self.kind,
+                    resource_id=job.job_id,
+                    stage=stage.name,
+                    argv=stage.run,
+                    cwd=stage.cwd,
+                    env=step_env(stage, self.params),
+                    timeout_seconds=stage.timeout_seconds,
+                    kill_grace_seconds=job.kill_grace_seconds,
+                ),
+                result_type=StepResult,
+                start_to_close_timeout=timedelta(
+                    seconds=(stage.timeout_seconds or 7 * 24 * 3600) + job.kill_grace_seconds + 30
+                ),
+                heartbeat_timeout=timedelta(seconds=job.heartbeat_timeout_seconds),
+                retry_policy=RetryPolicy(
+                    maximum_attempts=stage.retries + 1,
+                    initial_interval=timedelta(seconds=1),
+                ),
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            )
+        except ActivityError as err:
+            if is_cancelled_exception(err):
+                raise
+            cause = err.cause
+            if isinstance(cause, ApplicationError):
+                return f"{stage.name}: {cause.message}"
+            return f"{stage.name}: {cause or err}"
+        return None
+
+    def _set_state(self, state: JobState, stage: str | None) -> None:
+        self.state, self.stage = state, stage
+        workflow.upsert_search_attributes([attributes.STATE.value_set(state)])
+        workflow.set_current_details(f"**State** {state}\n\n**Stage** {stage or '-'}")
+
+    async def _fail(self, error: str) -> JobOutcome:
+        await self._transition(
+            "failed", "job_failed", error, payload={"error": error}, error=error, final=True
+        )
+        return JobOutcome(state="failed", stage=self.stage, error=error)
+
+    async def _transition(
+        self,
+        state: JobState,
+        event_type: str,
+        message: str,
+        *,
+        payload: dict[str, Any] | None = None,
+        error: str | None = None,
+        final: bool = False,
+        changes: dict[str, Any] | None = None,
+    ) -> None:
+        self._set_state(state, self.stage)
+        await workflow.execute_activity(
+            "records.transition",
+            Transition(
+                resource_kind=self.kind,
+                resource_id=workflow.info().workflow_id,
+                state=state,
+                stage=self.stage,
+                error=error,
+                event_type=event_type,
+                message=message,
+                payload={"stage": self.stage, "status": state, **(payload or {})},
+                final=final,
+                changes=changes or {},
+            ),
+            start_to_close_timeout=RECORD_TIMEOUT,
+            retry_policy=RECORD_RETRY,
+        )
+
+    @workflow.update
+    async def resume(self, request: ResumeIn) -> ResumeOut:
+        self._check_paused()
+        self._resume = request
+        return ResumeOut(state="running", stage=self.stage)
+
+    @resume.validator
+    def _validate_resume(self, request: ResumeIn) -> None:
+        self._check_paused()
+
+    def _check_paused(self) -> None:
+        if self.state != "paused" or self._resume is not None:
+            raise ApplicationError(
+                f"job is {self.state}, not paused", type="JOB_NOT_PAUSED", non_retryable=True
+            )
