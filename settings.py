@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
@@ -55,7 +54,7 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
-    @cached_property
+    @property
     def db_url(self) -> str:
         if self.database_url:
             return self.database_url
@@ -65,11 +64,11 @@ class Settings(BaseSettings):
     def artifacts_dir(self) -> Path:
         return self.data_dir.resolve() / "artifacts"
 
-    @cached_property
+    @property
     def temporal_target(self) -> str:
         return self.temporal_address or f"127.0.0.1:{self.temporal_port}"
 
-    @cached_property
+    @property
     def database_identity(self) -> str:
         """A short, stable hash of the database URL with any password masked."""
         masked = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", self.db_url)

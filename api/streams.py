@@ -48,6 +48,7 @@ class EventHub:
         self._cursors: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Queue[str] = asyncio.Queue()
+        self._stopping = asyncio.Event()
 
     @property
     def subscriber_count(self) -> int:
@@ -58,7 +59,12 @@ class EventHub:
         self._task = asyncio.create_task(watcher())
 
     async def stop(self) -> None:
+        self._stopping.set()
         if self._task:
+            if is_sqlite(self.db.url):
+                # Let the poller leave its session cleanly rather than cut it mid-query.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._task), 5)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -89,25 +95,29 @@ class EventHub:
 
     async def _poll_sqlite(self) -> None:
         # SQLite commits in id order (one writer at a time), so one global cursor is exact.
-        async with self.db.session() as session:
-            cursor = await events.last_id(session)
-        while True:
+        cursor: int | None = None
+        failing = False
+        while not self._stopping.is_set():
             try:
-                if self._subscribers:
-                    async with self.db.session() as session:
-                        new = await events.since_global(session, cursor, REPLAY_BATCH)
-                    for event in new:
-                        assert event.id is not None
-                        cursor = event.id
-                        self._dispatch(event)
-                    if len(new) == REPLAY_BATCH:
-                        continue
-                else:
-                    async with self.db.session() as session:
+                async with self.db.session() as session:
+                    if cursor is None or not self._subscribers:
                         cursor = await events.last_id(session)
-            except Exception:
-                log.exception("event watcher failed; retrying")
-            await asyncio.sleep(POLL_S)
+                        new = []
+                    else:
+                        new = list(await events.since_global(session, cursor, REPLAY_BATCH))
+                for event in new:
+                    assert event.id is not None
+                    cursor = event.id
+                    self._dispatch(event)
+                failing = False
+                if len(new) == REPLAY_BATCH:
+                    continue
+            except Exception as exc:
+                if not failing:
+                    log.warning("event watcher cannot read the event log: %s", exc)
+                failing = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), POLL_S)
 
     async def _fetch(self, resource_id: str) -> None:
         if resource_id not in self._subscribers:
@@ -138,8 +148,8 @@ class EventHub:
                         fetcher.cancel()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("event listener lost its connection; reconnecting")
+            except Exception as exc:
+                log.warning("event listener lost its connection (%s); reconnecting", exc)
                 await asyncio.sleep(1)
 
     async def _fetch_woken(self) -> None:

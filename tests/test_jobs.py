@@ -279,9 +279,12 @@ async def test_a_job_that_cannot_start_leaves_nothing_behind(api: Api) -> None:
 
     settings: Settings = api.settings
     offline = settings.model_copy(update={"temporal_address": f"127.0.0.1:{free_port()}"})
-    async with serve(offline) as base, httpx.AsyncClient(
-        base_url=base, headers={"Authorization": f"Bearer {api.admin_token}"}
-    ) as client:
+    async with (
+        serve(offline) as base,
+        httpx.AsyncClient(
+            base_url=base, headers={"Authorization": f"Bearer {api.admin_token}"}
+        ) as client,
+    ):
         answer = await client.post(
             "/api/v1/jobs", json={"stages": [stage("a")]}, headers={"Idempotency-Key": "k1"}
         )
