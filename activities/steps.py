@@ -42,6 +42,7 @@ class StepInput(BaseModel):
     cwd: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
     timeout_seconds: float | None = Field(None, gt=0)
+    retries: int = Field(0, ge=0, description="Times a failing command runs again")
     kill_grace_seconds: float = Field(5.0, ge=0)
     tail_lines: int = Field(20, ge=0, le=200)
 
@@ -67,13 +68,15 @@ class Steps:
         relative = Path(step.resource_id) / f"{slug}-{attempt}-{uuid.uuid4().hex[:8]}.log"
         path = self.artifacts_dir / relative
         path.parent.mkdir(parents=True, exist_ok=True)
+        pgid_file = path.parent / f".{slug}.pgid"
+        await asyncio.to_thread(stop_orphan, pgid_file)
         await self._started(step, attempt)
         started = time.monotonic()
         outcome = "failed"
         exit_code = NOT_STARTABLE
         try:
             with path.open("wb") as out:
-                exit_code, outcome = await self._execute(step, out)
+                exit_code, outcome = await self._execute(step, out, pgid_file)
         except asyncio.CancelledError:
             outcome = "canceled"
             raise
@@ -87,16 +90,19 @@ class Steps:
                 f"step {step.stage!r} timed out after {step.timeout_seconds} s",
                 result.model_dump(),
                 type="StepTimedOut",
+                non_retryable=attempt > step.retries,
             )
         if exit_code != 0:
+            # Attempts also count worker crashes, which the retry policy retries on its own.
             raise ApplicationError(
                 f"step {step.stage!r} exited with status {exit_code}",
                 result.model_dump(),
                 type="StepFailed",
+                non_retryable=attempt > step.retries,
             )
         return result
 
-    async def _execute(self, step: StepInput, out: BinaryIO) -> tuple[int, str]:
+    async def _execute(self, step: StepInput, out: BinaryIO, pgid_file: Path) -> tuple[int, str]:
         env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ} | step.env
         try:
             process = await asyncio.create_subprocess_exec(
@@ -111,6 +117,8 @@ class Steps:
         except OSError as exc:
             out.write(f"pilothouse: cannot start {step.argv[0]!r}: {exc}\n".encode())
             return NOT_STARTABLE, "failed"
+        # A worker killed mid-step leaves its group running; the next attempt stops it.
+        await asyncio.to_thread(pgid_file.write_text, f"{process.pid} {start_time(process.pid)}")
         deadline = time.monotonic() + step.timeout_seconds if step.timeout_seconds else None
         try:
             while True:
@@ -125,6 +133,8 @@ class Steps:
         except asyncio.CancelledError:
             await asyncio.shield(stop_group(process, step.kill_grace_seconds))
             raise
+        finally:
+            await asyncio.to_thread(pgid_file.unlink, True)
 
     async def _started(self, step: StepInput, attempt: int) -> None:
         async with self.db.session() as session:
@@ -195,6 +205,27 @@ async def stop_group(process: asyncio.subprocess.Process, grace_seconds: float) 
     # The leader is gone; children that ignored SIGTERM may linger in the group.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
+
+
+def start_time(pid: int) -> str:
+    """The kernel's start time of a process: with the pid, it names one process for good."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (FileNotFoundError, IndexError):
+        return "?"
+
+
+def stop_orphan(pgid_file: Path) -> None:
+    """Kill the process group an earlier attempt left behind, if it is still that group."""
+    try:
+        pid_text, started = pgid_file.read_text().split()
+        pgid = int(pid_text)
+    except (FileNotFoundError, ValueError):
+        return
+    if start_time(pgid) == started:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+    pgid_file.unlink(missing_ok=True)
 
 
 def describe_file(path: Path, tail_lines: int) -> tuple[int, str, list[str]]:

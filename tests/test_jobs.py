@@ -296,3 +296,35 @@ async def test_a_job_that_cannot_start_leaves_nothing_behind(api: Api) -> None:
 
         assert (await session.exec(select(Event))).all() == []
         assert (await session.exec(select(IdempotencyKey))).all() == []
+
+
+async def test_racing_decisions_give_exactly_one_winner(api: Api, admin: httpx.AsyncClient) -> None:
+    import asyncio
+
+    job_id = await create_job(admin, stage("race", gate=GATE))
+    job = await wait_state(admin, job_id, "needs_approval")
+    tokens = [
+        await make_token(api.db, f"racer{i}", Scope.approvals_write, Scope.jobs_read)
+        for i in range(20)
+    ]
+    clients = [api.client(t) for t in tokens]
+    try:
+        answers = await asyncio.gather(
+            *(
+                c.post(
+                    f"/api/v1/jobs/{job_id}/{'approve' if i % 2 else 'reject'}",
+                    json={"reason": f"racer {i}"},
+                )
+                for i, c in enumerate(clients)
+            )
+        )
+    finally:
+        for c in clients:
+            await c.aclose()
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [200] + [409] * 19, [a.text for a in answers if a.status_code != 409]
+    assert {a.json()["error_code"] for a in answers if a.status_code == 409} <= {
+        "GATE_ALREADY_DECIDED",
+        "GATE_NOT_OPEN",
+    }
+    assert len(await decisions_of(api, job["open_gate"]["gate_id"])) == 1

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlmodel import select
+from sqlmodel import col, select
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -44,8 +44,11 @@ def steps(db: Database, settings: Settings) -> Steps:
 
 
 async def events_of(db: Database) -> list[Event]:
+    """The step_finished events; each step also writes a stage_started one first."""
     async with db.session() as session:
-        return list((await session.exec(select(Event).order_by(Event.id))).all())  # type: ignore[arg-type]
+        rows = list((await session.exec(select(Event).order_by(col(Event.id)))).all())
+    assert [e.type for e in rows][::2] == ["stage_started"] * (len(rows) // 2)
+    return [e for e in rows if e.type == "step_finished"]
 
 
 async def test_output_goes_to_an_artifact_and_the_tail_to_the_event_log(

@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows import attributes
     from workflows.gate import RECORD_RETRY, RECORD_TIMEOUT, GateConfig, Gated
 
+WORKER_LOSSES = 2
 STAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 JobState = Literal[
     "queued", "running", "needs_approval", "paused", "completed", "failed", "canceled"
@@ -154,6 +155,7 @@ class JobWorkflow(Gated):
                     cwd=stage.cwd,
                     env=step_env(stage, self.params),
                     timeout_seconds=stage.timeout_seconds,
+                    retries=stage.retries,
                     kill_grace_seconds=job.kill_grace_seconds,
                 ),
                 result_type=StepResult,
@@ -161,8 +163,10 @@ class JobWorkflow(Gated):
                     seconds=(stage.timeout_seconds or 7 * 24 * 3600) + job.kill_grace_seconds + 30
                 ),
                 heartbeat_timeout=timedelta(seconds=job.heartbeat_timeout_seconds),
+                # The activity makes a failing command non-retryable once its own retries
+                # are spent; the extra attempts here are for lost workers.
                 retry_policy=RetryPolicy(
-                    maximum_attempts=stage.retries + 1,
+                    maximum_attempts=stage.retries + 1 + WORKER_LOSSES,
                     initial_interval=timedelta(seconds=1),
                 ),
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,

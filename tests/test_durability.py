@@ -1,0 +1,176 @@
+"""Durability: a worker killed mid-stage, and a Temporal server restarted under a waiting job.
+
+These run their own dev server on a SQLite file and a worker as a real subprocess, so
+both can be killed without touching the session's server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from settings import Settings
+from stack import dev_server_argv
+from store import migrate
+from store.engine import Database
+from store.tokens import Scope
+from temporal_client import connect_within
+from tests.conftest import free_port, make_token, serve
+from tests.jobs_helpers import GATE, create_job, stage, wait_state
+
+
+class DevServer:
+    def __init__(self, data_dir: Path) -> None:
+        self.port = free_port()
+        self.settings = Settings(
+            data_dir=data_dir, temporal_port=self.port, ui_port=free_port(), _env_file=None
+        )
+        self.db_file = data_dir / "temporal.db"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        self.process = subprocess.Popen(
+            dev_server_argv(self.settings, self.db_file),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = await connect_within(self.settings, 30)
+        await client.service_client.check_health()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(30)
+
+
+class WorkerProcess:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PILOTHOUSE_")}
+        env.update(
+            PILOTHOUSE_DATA_DIR=str(self.settings.data_dir),
+            PILOTHOUSE_DATABASE_URL=self.settings.db_url,
+            PILOTHOUSE_TEMPORAL_ADDRESS=self.settings.temporal_target,
+            PILOTHOUSE_TASK_QUEUE=self.settings.task_queue,
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cli", "worker"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(30)
+
+
+@pytest.fixture
+def own_stack(tmp_path: Path, db_url: str) -> Iterator[tuple[DevServer, Settings]]:
+    server = DevServer(tmp_path / "temporal")
+    (tmp_path / "temporal").mkdir()
+    migrate.upgrade(db_url)
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=db_url,
+        temporal_address=f"127.0.0.1:{server.port}",
+        task_queue=f"durable-{uuid.uuid4().hex[:8]}",
+        _env_file=None,
+    )
+    try:
+        yield server, settings
+    finally:
+        server.stop()
+
+
+@asynccontextmanager
+async def admin_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    db = Database(settings.db_url)
+    token = await make_token(db, f"admin-{uuid.uuid4().hex[:6]}", Scope.admin)
+    await db.dispose()
+    async with (
+        serve(settings) as base,
+        httpx.AsyncClient(
+            base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60
+        ) as client,
+    ):
+        yield client
+
+
+async def wait_lines(path: Path, n: int, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists() or len(path.read_text().splitlines()) < n:
+        assert time.monotonic() < deadline, f"{path} never had {n} lines"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_worker_killed_mid_stage_finishes_the_job(
+    own_stack: tuple[DevServer, Settings], tmp_path: Path
+) -> None:
+    server, settings = own_stack
+    await server.start()
+    runs = tmp_path / "runs"
+    worker = WorkerProcess(settings)
+    worker.start()
+    try:
+        async with admin_client(settings) as admin:
+            job_id = await create_job(
+                admin,
+                stage("slow", "sh", "-c", f"echo run >> {runs}; sleep 2; echo done"),
+                stage("after", "echo", "after"),
+            )
+            await wait_lines(runs, 1)
+            worker.kill()
+            worker.start()
+            job = await wait_state(admin, job_id, "completed", seconds=90)
+            assert job["state"] == "completed"
+            assert 1 <= len(runs.read_text().splitlines()) <= 2
+    finally:
+        worker.stop()
+
+
+async def test_a_decision_after_a_server_restart_applies(
+    own_stack: tuple[DevServer, Settings],
+) -> None:
+    server, settings = own_stack
+    await server.start()
+    worker = WorkerProcess(settings)
+    worker.start()
+    try:
+        async with admin_client(settings) as admin:
+            job_id = await create_job(admin, stage("review", gate=GATE), stage("ship"))
+            await wait_state(admin, job_id, "needs_approval")
+            server.stop()
+            await server.start()
+            deadline = time.monotonic() + 60
+            while True:
+                answer = await admin.post(f"/api/v1/jobs/{job_id}/approve")
+                if answer.status_code == 200:
+                    break
+                assert answer.status_code == 503, answer.text
+                assert time.monotonic() < deadline, answer.text
+                await asyncio.sleep(0.5)
+            done = await wait_state(admin, job_id, "completed", seconds=60)
+            assert done["gates"][0]["state"] == "approved"
+    finally:
+        worker.stop()
