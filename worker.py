@@ -23,11 +23,12 @@ from settings import Settings
 from store.engine import Database
 from temporal_client import connect_within
 from workflows import attributes
+from workflows.approvals import ApprovalWorkflow
 from workflows.jobs import JobWorkflow
 
 log = logging.getLogger("pilothouse.worker")
 
-WORKFLOWS: Sequence[type] = (JobWorkflow,)
+WORKFLOWS: Sequence[type] = (JobWorkflow, ApprovalWorkflow)
 
 
 def activities(db: Database, settings: Settings) -> list[Callable[..., Any]]:

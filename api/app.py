@@ -11,7 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from api import errors
 from api.metrics import MetricsMiddleware
-from api.routers import config, docs, gates, jobs, probes, tokens
+from api.routers import approvals, config, docs, gates, jobs, probes, tokens
 from api.streams import EventHub
 from api.temporal import TemporalLink
 from operator_file import load
@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tokens.router,
         jobs.router,
         gates.router,
+        approvals.router,
         config.router,
     ):
         app.include_router(router)

@@ -8,6 +8,7 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import jsonschema
+from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -62,6 +63,7 @@ def check_input(gate: GateRow, outcome: Outcome, data: dict[str, Any] | None) ->
 
 async def decide(
     temporal: Client,
+    session: AsyncSession,
     gate: GateRow,
     outcome: Outcome,
     by: str,
@@ -76,13 +78,27 @@ async def decide(
         raise ApiError(409, "GATE_ALREADY_DECIDED", f"gate {gate.id} is already {gate.state}")
     check_input(gate, outcome, data)
     handle = temporal.get_workflow_handle(gate.resource_id)
-    result: DecisionOut = await updating(
-        handle.execute_update(
-            "decide",
-            DecisionIn(gate_id=gate.id, outcome=outcome, by=by, via=via, reason=reason, input=data),
-            id=idempotency_key or f"decision-{uuid.uuid4()}",
-            result_type=DecisionOut,
+    try:
+        result: DecisionOut = await updating(
+            handle.execute_update(
+                "decide",
+                DecisionIn(
+                    gate_id=gate.id, outcome=outcome, by=by, via=via, reason=reason, input=data
+                ),
+                id=idempotency_key or f"decision-{uuid.uuid4()}",
+                result_type=DecisionOut,
+            )
         )
-    )
+    except ApiError as exc:
+        # A workflow that ends while Updates wait (another decision won and it went on
+        # to finish) aborts them: the answer is about the gate, not about Temporal.
+        if exc.status_code not in (409, 503):
+            raise
+        await session.refresh(gate)
+        if gate.state != "open":
+            raise ApiError(
+                409, "GATE_ALREADY_DECIDED", f"gate {gate.id} is already {gate.state}"
+            ) from None
+        raise
     DECISIONS.labels(outcome, via).inc()
     return result

@@ -187,3 +187,28 @@ class Decision(SQLModel, table=True):
     reason: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
     input: dict[str, Any] | None = Field(default=None, sa_column=sa.Column(sa.JSON, nullable=True))
     created_at: datetime = _when(default_factory=utcnow)
+
+
+class ApprovalRequest(SQLModel, table=True):
+    """A standalone request for approval (the build system's risky-decision approvals)."""
+
+    __tablename__ = "approval_requests"
+    __table_args__ = (sa.Index("ix_approval_requests_state", "state", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=100)
+    run_id: str = Field(max_length=200)
+    phase_id: str = Field(max_length=200)
+    context: str = Field(default="unknown", max_length=100)
+    decision_info: dict[str, Any] = Field(
+        default_factory=dict, sa_column=sa.Column(sa.JSON, nullable=False)
+    )
+    deletion_info: dict[str, Any] = Field(
+        default_factory=dict, sa_column=sa.Column(sa.JSON, nullable=False)
+    )
+    state: str = Field(default="pending", max_length=20)
+    stage: str | None = Field(default=None, max_length=200)
+    error: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    requested_by: str = Field(max_length=200)
+    timeout_at: datetime | None = _when(nullable=True, default=None)
+    created_at: datetime = _when(default_factory=utcnow)
+    updated_at: datetime = _when(default_factory=utcnow)

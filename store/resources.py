@@ -7,9 +7,9 @@ from typing import Any
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from store.models import Job, utcnow
+from store.models import ApprovalRequest, Job, utcnow
 
-TABLES: dict[str, type[SQLModel]] = {"job": Job}
+TABLES: dict[str, type[SQLModel]] = {"job": Job, "approval": ApprovalRequest}
 
 
 async def set_fields(session: AsyncSession, kind: str, resource_id: str, **values: Any) -> None:

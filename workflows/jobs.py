@@ -88,7 +88,9 @@ class JobWorkflow(Gated):
     @workflow.run
     async def run(self, job: JobInput) -> JobOutcome:
         try:
-            return await self._run(job)
+            outcome = await self._run(job)
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            return outcome
         except (asyncio.CancelledError, ActivityError) as err:
             if not is_cancelled_exception(err):
                 raise

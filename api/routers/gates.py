@@ -118,6 +118,7 @@ async def decide_gate(
         raise not_found("gate", gate_id)
     return await decisions.decide(
         temporal,
+        session,
         gate,
         body.outcome,
         principal.name,

@@ -28,13 +28,13 @@ from api.deps import (
     TemporalDep,
 )
 from api.errors import ApiError, ErrorBody, not_found
-from api.metrics import WORKFLOW_STARTS
 from api.paging import Page, PageQuery, page
 from api.routers.gates import GatePublic, gate_public
+from api.starts import create_and_start
 from api.streams import EventHub, event_json, sse
 from operator_file import OperatorConfig
-from store import events, idempotency
-from store.models import Artifact, Decision, Event, GateRow, IdempotencyKey, Job
+from store import events
+from store.models import Artifact, Decision, GateRow, Job
 from store.tokens import Principal, Scope
 from workflows import attributes
 from workflows.gate import DecisionOut, Outcome
@@ -199,43 +199,8 @@ async def create_job(
         assert body.stages is not None
         stages = body.stages
     stages = config.stages_for(stages)
-    job_id = f"job-{uuid.uuid4()}"
-    print_ = idempotency.fingerprint(body.model_dump(mode="json"))
-    try:
-        earlier = key and await idempotency.find(session, "jobs", principal.token_id, key, print_)
-        if earlier:
-            job = await load_job(session, earlier)
-        else:
-            job = Job(
-                id=job_id,
-                pipeline=body.pipeline,
-                stages=[s.model_dump(mode="json", exclude_none=True) for s in stages],
-                params=body.params,
-                owner=principal.name,
-            )
-            session.add(job)
-            if key:
-                winner = await idempotency.claim(
-                    session, "jobs", principal.token_id, key, print_, job_id
-                )
-                if winner != job_id:
-                    job = await load_job(session, winner)
-            if job.id == job_id:
-                await events.append(
-                    session,
-                    "job",
-                    job_id,
-                    "job_created",
-                    status="queued",
-                    message=f"job created by {principal.name}",
-                    payload={"operator": principal.name, "pipeline": body.pipeline},
-                )
-                await session.commit()
-    except idempotency.KeyReused:
-        raise ApiError(
-            422, "IDEMPOTENCY_KEY_REUSED", "header.Idempotency-Key: used before with another body"
-        ) from None
-    try:
+
+    async def start(job: Job) -> None:
         await temporal.start_workflow(
             JobWorkflow.run,
             JobInput(
@@ -253,19 +218,29 @@ async def create_job(
                     SearchAttributePair(attributes.STATE, "queued"),
                 ]
             ),
-            static_summary=f"Job {body.pipeline or 'ad hoc'} by {principal.name}",
+            static_summary=f"Job {job.pipeline or 'ad hoc'} by {job.owner}",
         )
-    except Exception as exc:
-        if job.id == job_id:
-            # No workflow means no job: take the row back rather than leave it half made.
-            await session.delete(job)
-            await session.exec(sa.delete(Event).where(col(Event.resource_id) == job_id))
-            await session.exec(
-                sa.delete(IdempotencyKey).where(col(IdempotencyKey.resource_id) == job_id)
-            )
-            await session.commit()
-        raise ApiError(503, "TEMPORAL_UNAVAILABLE", f"could not start the job: {exc}") from None
-    WORKFLOW_STARTS.labels("job").inc()
+
+    job = await create_and_start(
+        session,
+        principal,
+        key,
+        body,
+        kind="job",
+        new_row=lambda: Job(
+            id=f"job-{uuid.uuid4()}",
+            pipeline=body.pipeline,
+            stages=[s.model_dump(mode="json", exclude_none=True) for s in stages],
+            params=body.params,
+            owner=principal.name,
+        ),
+        created_event={
+            "status": "queued",
+            "message": f"job created by {principal.name}",
+            "payload": {"operator": principal.name, "pipeline": body.pipeline},
+        },
+        start=start,
+    )
     return await job_public(session, job)
 
 
@@ -333,6 +308,7 @@ async def _decide(
         data = {**(data or {}), "patch": action.patch}
     return await decisions.decide(
         temporal,
+        session,
         gate,
         outcome,
         principal.name,

@@ -1,0 +1,90 @@
+"""Creating a resource that a workflow runs: the row, its first event, the idempotency key,
+then the workflow start, undone whole if the start fails. Every family's create uses it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from pydantic import BaseModel
+from sqlmodel import SQLModel, col
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from api.errors import ApiError, not_found
+from api.metrics import WORKFLOW_STARTS
+from store import events, idempotency
+from store.models import Event, IdempotencyKey
+from store.tokens import Principal
+
+Row = TypeVar("Row", bound=SQLModel)
+
+
+async def create_and_start(
+    session: AsyncSession,
+    principal: Principal,
+    key: str | None,
+    body: BaseModel,
+    *,
+    kind: str,
+    new_row: Callable[[], Row],
+    created_event: dict[str, Any],
+    start: Callable[[Row], Awaitable[object]],
+) -> Row:
+    """The resource for this request: made and started now, or the one an earlier
+    request with the same Idempotency-Key made (started again if that start was lost)."""
+    row = new_row()
+    table = type(row)
+    print_ = idempotency.fingerprint(body.model_dump(mode="json"))
+    fresh = True
+    try:
+        earlier = key and await idempotency.find(session, kind, principal.token_id, key, print_)
+        if earlier:
+            row, fresh = await _load(session, table, earlier), False
+        else:
+            session.add(row)
+            if key:
+                rid = row.id  # type: ignore[attr-defined]
+                winner = await idempotency.claim(
+                    session, kind, principal.token_id, key, print_, rid
+                )
+                if winner != rid:
+                    row, fresh = await _load(session, table, winner), False
+            if fresh:
+                await events.append(session, kind, _id(row), f"{kind}_created", **created_event)
+                await session.commit()
+    except idempotency.KeyReused:
+        raise ApiError(
+            422, "IDEMPOTENCY_KEY_REUSED", "header.Idempotency-Key: used before with another body"
+        ) from None
+    try:
+        await start(row)
+    except Exception as exc:
+        if fresh:
+            await _undo(session, row)
+        raise ApiError(503, "TEMPORAL_UNAVAILABLE", f"could not start the {kind}: {exc}") from None
+    if fresh:
+        WORKFLOW_STARTS.labels(kind).inc()
+    return row
+
+
+def _id(row: SQLModel) -> str:
+    return str(row.id)  # type: ignore[attr-defined]
+
+
+async def _load(session: AsyncSession, table: type[Row], resource_id: str) -> Row:
+    row = await session.get(table, resource_id)
+    if row is None:
+        raise not_found(table.__name__.lower(), resource_id)
+    return row
+
+
+async def _undo(session: AsyncSession, row: SQLModel) -> None:
+    """No workflow means no resource: take back the row, its events and its key."""
+    resource_id = _id(row)
+    await session.delete(row)
+    await session.exec(sa.delete(Event).where(col(Event.resource_id) == resource_id))
+    await session.exec(
+        sa.delete(IdempotencyKey).where(col(IdempotencyKey.resource_id) == resource_id)
+    )
+    await session.commit()
