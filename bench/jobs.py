@@ -1,0 +1,318 @@
+"""Benchmarks of the gate, the step executor and the event log, each beside raw Temporal in
+the same run, on one dev server, with the API and the worker as their own processes.
+
+(a) decision latency: POST approve → next stage started, beside a raw `execute_update`
+(b) 500 jobs through POST /api/v1/jobs, beside 500 raw `start_workflow` calls
+(c) one job of 40 sequential stages that each run `true`, wall time
+(d) 100 SSE subscribers on one job: event written → event received
+
+Run: `make bench` or `python -m bench.jobs [--database-url URL]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from temporalio import workflow
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from settings import Settings
+from stack import temporal_binary
+from store import migrate
+from store.engine import Database
+from store.tokens import Scope, create_token
+from tests.conftest import free_port
+from tests.sse_client import frames
+from workflows import attributes
+
+
+@workflow.defn(name="RawGate")
+class RawGate:
+    """The raw baseline: a workflow that waits for one Update, then ends."""
+
+    def __init__(self) -> None:
+        self.decided = False
+
+    @workflow.run
+    async def run(self) -> None:
+        await workflow.wait_condition(lambda: self.decided)
+
+    @workflow.update
+    async def decide(self, outcome: str) -> str:
+        self.decided = True
+        return outcome
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def peak_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+class Bench:
+    def __init__(self, env: WorkflowEnvironment, settings: Settings, token: str) -> None:
+        self.env = env
+        self.settings = settings
+        self.http = httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{settings.api_port}",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+            limits=httpx.Limits(max_connections=200),
+        )
+        self.db = Database(settings.db_url)
+
+    async def job(self, stages: list[dict[str, Any]]) -> str:
+        answer = await self.http.post("/api/v1/jobs", json={"stages": stages})
+        answer.raise_for_status()
+        return str(answer.json()["id"])
+
+    async def wait_state(self, job_id: str, state: str) -> dict[str, Any]:
+        while True:
+            job: dict[str, Any] = (await self.http.get(f"/api/v1/jobs/{job_id}")).json()
+            if job["state"] == state and (state != "needs_approval" or job["open_gate"]):
+                return job
+            await asyncio.sleep(0.005)
+
+    async def events(self, job_id: str) -> list[dict[str, Any]]:
+        page = await self.http.get(f"/api/v1/jobs/{job_id}/events", params={"limit": 500})
+        items: list[dict[str, Any]] = page.json()["items"]
+        return items
+
+
+def ts(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+async def decision_latency(bench: Bench, client: Client, rounds: int) -> dict[str, float]:
+    ours: list[float] = []
+    for _ in range(rounds):
+        job_id = await bench.job(
+            [
+                {"name": "a", "run": ["true"], "gate": {"required": True}},
+                {"name": "b", "run": ["true"]},
+            ]
+        )
+        await bench.wait_state(job_id, "needs_approval")
+        sent = datetime.now(UTC)
+        (await bench.http.post(f"/api/v1/jobs/{job_id}/approve")).raise_for_status()
+        while True:
+            started = [
+                e
+                for e in await bench.events(job_id)
+                if e["type"] == "stage_started" and e["stage"] == "b"
+            ]
+            if started:
+                ours.append((ts(started[0]["ts"]) - sent).total_seconds() * 1000)
+                break
+            await asyncio.sleep(0.005)
+    raw: list[float] = []
+    async with Worker(client, task_queue="bench-raw", workflows=[RawGate]):
+        for _ in range(rounds):
+            handle = await client.start_workflow(
+                RawGate.run, id=f"raw-{uuid.uuid4()}", task_queue="bench-raw"
+            )
+            start = time.perf_counter()
+            await handle.execute_update(RawGate.decide, "approve")
+            raw.append((time.perf_counter() - start) * 1000)
+    return {
+        "ours_p50": statistics.median(ours),
+        "ours_p95": pct(ours, 0.95),
+        "raw_p50": statistics.median(raw),
+        "raw_p95": pct(raw, 0.95),
+    }
+
+
+async def start_throughput(
+    idle_api: httpx.AsyncClient, client: Client, n: int, concurrency: int
+) -> dict[str, float]:
+    """Nobody polls either side's queue: both measure the start alone, not the running."""
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def ours_one() -> None:
+        async with semaphore:
+            answer = await idle_api.post(
+                "/api/v1/jobs", json={"stages": [{"name": "noop", "run": ["true"]}]}
+            )
+            answer.raise_for_status()
+
+    async def raw_one(i: int) -> None:
+        async with semaphore:
+            await client.start_workflow(
+                "Idle", id=f"raw-start-{uuid.uuid4()}", task_queue="bench-idle"
+            )
+
+    start = time.perf_counter()
+    await asyncio.gather(*(raw_one(i) for i in range(n)))
+    raw_s = time.perf_counter() - start
+    start = time.perf_counter()
+    await asyncio.gather(*(ours_one() for _ in range(n)))
+    ours_s = time.perf_counter() - start
+    return {"ours_per_s": n / ours_s, "raw_per_s": n / raw_s}
+
+
+async def sequential_stages(bench: Bench, n: int) -> float:
+    job_id = await bench.job([{"name": f"s{i}", "run": ["true"]} for i in range(n)])
+    await bench.wait_state(job_id, "completed")
+    events = await bench.events(job_id)
+    return (ts(events[-1]["ts"]) - ts(events[0]["ts"])).total_seconds()
+
+
+async def sse_fanout(bench: Bench, subscribers: int, stages: int) -> dict[str, float]:
+    job_id = await bench.job(
+        [{"name": "hold", "run": ["true"], "gate": {"required": True}}]
+        + [{"name": f"s{i}", "run": ["true"]} for i in range(stages)]
+    )
+    await bench.wait_state(job_id, "needs_approval")
+    delays: list[float] = []
+    ready = asyncio.Event()
+    connected = 0
+
+    async def subscriber() -> None:
+        nonlocal connected
+        async with bench.http.stream("GET", f"/api/v1/jobs/{job_id}/events/stream") as response:
+            async for frame in frames(response):
+                if frame.event == "connected":
+                    connected += 1
+                    if connected == subscribers:
+                        ready.set()
+                if frame.event == "done":
+                    return
+                if frame.data and frame.id is not None and ready.is_set():
+                    received = datetime.now(UTC)
+                    delays.append((received - ts(frame.data["ts"])).total_seconds() * 1000)
+
+    tasks = [asyncio.create_task(subscriber()) for _ in range(subscribers)]
+    await asyncio.wait_for(ready.wait(), 60)
+    await asyncio.sleep(0.5)  # let every stream finish its replay
+    delays.clear()
+    (await bench.http.post(f"/api/v1/jobs/{job_id}/approve")).raise_for_status()
+    await asyncio.wait_for(asyncio.gather(*tasks), 120)
+    return {"p50": statistics.median(delays), "p99": pct(delays, 0.99), "count": len(delays)}
+
+
+async def wait_ready(http: httpx.AsyncClient) -> None:
+    while True:
+        try:
+            if (await http.get("/readyz")).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        await asyncio.sleep(0.1)
+
+
+def spawn(argv: list[str], settings: Settings) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PILOTHOUSE_")}
+    env.update(
+        PILOTHOUSE_DATA_DIR=str(settings.data_dir),
+        PILOTHOUSE_DATABASE_URL=settings.db_url,
+        PILOTHOUSE_TEMPORAL_ADDRESS=settings.temporal_target,
+        PILOTHOUSE_API_PORT=str(settings.api_port),
+        PILOTHOUSE_TASK_QUEUE=settings.task_queue,
+        PILOTHOUSE_LOG_LEVEL="warning",
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli", *argv],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def main(database_url: str | None, rounds: int) -> None:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(),
+        search_attributes=attributes.ALL,
+        dev_server_log_level="error",
+        dev_server_extra_args=["--sqlite-pragma", "journal_mode=WAL"],
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(
+            data_dir=Path(tmp),
+            database_url=database_url,
+            temporal_address=env.client.service_client.config.target_host,
+            api_port=free_port(),
+            _env_file=None,
+        )
+        migrate.upgrade(settings.db_url)
+        db = Database(settings.db_url)
+        async with db.session() as session:
+            _, token = await create_token(session, f"bench-{uuid.uuid4().hex[:6]}", [Scope.admin])
+            await session.commit()
+        await db.dispose()
+        api = spawn(["api"], settings)
+        worker = spawn(["worker"], settings)
+        bench = Bench(env, settings, token)
+        client = await Client.connect(
+            settings.temporal_target, data_converter=pydantic_data_converter
+        )
+        try:
+            await wait_ready(bench.http)
+            print(f"database: {'PostgreSQL' if database_url else 'SQLite'}; dev server, 2 cores")
+            a = await decision_latency(bench, client, rounds)
+            print(
+                f"(a) decision → next stage started  p50 {a['ours_p50']:6.1f} ms  p95 {a['ours_p95']:6.1f} ms"
+                f"   raw execute_update p50 {a['raw_p50']:5.1f} ms  p95 {a['raw_p95']:5.1f} ms"
+                f"   ratio p50 {a['ours_p50'] / a['raw_p50']:4.2f}x  (target ≤ 2x)"
+            )
+            idle = settings.model_copy(update={"task_queue": "bench-idle", "api_port": free_port()})
+            idle_api = spawn(["api"], idle)
+            idle_http = httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{idle.api_port}",
+                headers=bench.http.headers,
+                timeout=60,
+            )
+            await wait_ready(idle_http)
+            b = await start_throughput(idle_http, client, 500, 20)
+            await idle_http.aclose()
+            idle_api.terminate()
+            idle_api.wait(30)
+            print(
+                f"(b) 500 creates  POST /api/v1/jobs {b['ours_per_s']:6.1f}/s   raw start_workflow"
+                f" {b['raw_per_s']:6.1f}/s   ratio {b['ours_per_s'] / b['raw_per_s']:4.2f}x  (target ≥ 0.8x)"
+            )
+            c = await sequential_stages(bench, 40)
+            print(f"(c) 40 sequential `true` stages  {c:5.2f} s  (target < 3 s)")
+            d = await sse_fanout(bench, 100, 20)
+            print(
+                f"(d) 100 SSE subscribers  written → received  p50 {d['p50']:6.1f} ms"
+                f"  p99 {d['p99']:6.1f} ms over {d['count']:.0f} deliveries  (target p99 < 250 ms)"
+            )
+            print(
+                f"peak memory  api {peak_kib(api.pid) / 1024:6.1f} MiB   worker {peak_kib(worker.pid) / 1024:6.1f} MiB"
+                f"   bench client {peak_kib(os.getpid()) / 1024:6.1f} MiB"
+            )
+        finally:
+            await bench.http.aclose()
+            for process in (api, worker):
+                process.terminate()
+                process.wait(30)
+            await env.shutdown()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--database-url", default=None)
+    parser.add_argument("--rounds", type=int, default=30)
+    args = parser.parse_args()
+    asyncio.run(main(args.database_url, args.rounds))
