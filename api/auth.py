@@ -6,8 +6,10 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.errors import ApiError
+from api.session import request_session
 from store.tokens import Principal, Scope, authenticate
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <token>`")
@@ -20,6 +22,7 @@ async def current_principal(
     request: Request,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     api_key: Annotated[str | None, Depends(_api_key)],
+    session: Annotated[AsyncSession, Depends(request_session)],
 ) -> Principal:
     secret = bearer.credentials if bearer else api_key
     if not secret:
@@ -29,8 +32,7 @@ async def current_principal(
             "missing token: send 'Authorization: Bearer <token>' or 'X-API-Key: <token>'",
             _CHALLENGE,
         )
-    async with request.app.state.db.session() as session:
-        principal = await authenticate(session, secret)
+    principal = await authenticate(session, secret)
     if principal is None:
         raise ApiError(401, "INVALID_TOKEN", "token is unknown, revoked or expired", _CHALLENGE)
     request.state.principal = principal

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -12,34 +11,30 @@ from temporalio.client import Client
 
 from api.auth import require
 from api.errors import ApiError
+from api.session import request_session
 from settings import Settings
 from store.engine import Database
 from store.tokens import Principal, Scope
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _database(request: Request) -> Database:
+async def _database(request: Request) -> Database:
     db: Database = request.app.state.db
     return db
 
 
-async def _session(request: Request) -> AsyncIterator[AsyncSession]:
-    async with _database(request).session() as session:
-        yield session
-
-
-def _temporal(request: Request) -> Client:
+async def _temporal(request: Request) -> Client:
     return request.app.state.temporal.client  # type: ignore[no-any-return]
 
 
 _KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
-def _idempotency_key(
+async def _idempotency_key(
     key: Annotated[
         str | None,
         Header(
@@ -57,7 +52,7 @@ def _idempotency_key(
     return key
 
 
-def _new_work_allowed(settings: Annotated[Settings, Depends(_settings)]) -> None:
+async def _new_work_allowed(settings: Annotated[Settings, Depends(_settings)]) -> None:
     if settings.pause_new_work:
         raise ApiError(
             503, "NEW_WORK_PAUSED", "new work is paused by the pause_new_work kill switch"
@@ -66,7 +61,7 @@ def _new_work_allowed(settings: Annotated[Settings, Depends(_settings)]) -> None
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 DatabaseDep = Annotated[Database, Depends(_database)]
-SessionDep = Annotated[AsyncSession, Depends(_session)]
+SessionDep = Annotated[AsyncSession, Depends(request_session)]
 TemporalDep = Annotated[Client, Depends(_temporal)]
 IdempotencyKeyDep = Annotated[str | None, Depends(_idempotency_key)]
 NewWorkAllowed = Depends(_new_work_allowed)

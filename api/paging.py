@@ -31,7 +31,7 @@ class PageParams(BaseModel):
     limit: int
 
 
-def _page_params(
+async def _page_params(
     skip: Annotated[int, Query(ge=0, description="How many items to pass over")] = 0,
     limit: Annotated[
         int, Query(ge=1, le=MAX_LIMIT, description=f"Page size, at most {MAX_LIMIT}")

@@ -99,11 +99,17 @@ class EventHub:
         failing = False
         while not self._stopping.is_set():
             try:
-                async with self.db.session() as session:
-                    if cursor is None or not self._subscribers:
-                        cursor = await events.last_id(session)
-                        new = []
-                    else:
+                new: list[Event] = []
+                if not self._subscribers:
+                    # Nobody listens: no query. Whoever subscribes next replays from the
+                    # database, so the cursor may start afresh then.
+                    cursor = None
+                else:
+                    if cursor is None:
+                        # Each subscribed resource's cursor was read before its reader
+                        # replayed, so starting at the lowest one misses nothing.
+                        cursor = min(self._cursors.values(), default=0)
+                    async with self.db.session() as session:
                         new = list(await events.since_global(session, cursor, REPLAY_BATCH))
                 for event in new:
                     assert event.id is not None

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from temporalio import workflow
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from bench.raw import RawGate
 from settings import Settings
 from stack import temporal_binary
 from store import migrate
@@ -39,23 +39,6 @@ from store.tokens import Scope, create_token
 from tests.conftest import free_port
 from tests.sse_client import frames
 from workflows import attributes
-
-
-@workflow.defn(name="RawGate")
-class RawGate:
-    """The raw baseline: a workflow that waits for one Update, then ends."""
-
-    def __init__(self) -> None:
-        self.decided = False
-
-    @workflow.run
-    async def run(self) -> None:
-        await workflow.wait_condition(lambda: self.decided)
-
-    @workflow.update
-    async def decide(self, outcome: str) -> str:
-        self.decided = True
-        return outcome
 
 
 def pct(values: list[float], q: float) -> float:

@@ -21,6 +21,7 @@ from temporalio.common import (
 from api import decisions
 from api.auth import require
 from api.deps import (
+    DatabaseDep,
     IdempotencyKeyDep,
     NewWorkAllowed,
     SessionDep,
@@ -145,7 +146,7 @@ class ArtifactPublic(BaseModel):
     created_at: datetime
 
 
-def operator(request: Request) -> OperatorConfig:
+async def operator(request: Request) -> OperatorConfig:
     config: OperatorConfig = request.app.state.operator
     return config
 
@@ -241,7 +242,7 @@ async def create_job(
         },
         start=start,
     )
-    return await job_public(session, job)
+    return JobPublic(**job.model_dump())
 
 
 @router.get("/jobs", summary="List jobs")
@@ -436,7 +437,7 @@ async def job_event_stream(
     request: Request,
     job_id: str,
     _: Reader,
-    session: SessionDep,
+    db: DatabaseDep,
     settings: SettingsDep,
     last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0)] = None,
     after: Annotated[int, Query(ge=0, description="Replay events after this id")] = 0,
@@ -445,8 +446,10 @@ async def job_event_stream(
 
     Resume with `Last-Event-ID`: no gap and no duplicate. A comment every 15 s keeps the
     connection open."""
-    job = await load_job(session, job_id)
-    db = request.app.state.db
+    # A short session of its own: a stream may last minutes and must not hold a
+    # pooled connection all that time.
+    async with db.session() as session:
+        job = await load_job(session, job_id)
     hub: EventHub = request.app.state.hub
 
     async def ended() -> dict[str, Any] | None:
