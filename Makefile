@@ -26,6 +26,7 @@ test: lint
 
 bench: install
 	$(BIN)/python -m bench.startup
+	$(BIN)/python -m bench.jobs
 
 clean:
 	rm -rf $(VENV) .pilothouse .pytest_cache .mypy_cache .ruff_cache

@@ -211,7 +211,7 @@ def start_time(pid: int) -> str:
     """The kernel's start time of a process: with the pid, it names one process for good."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (FileNotFoundError, IndexError):
+    except (OSError, IndexError):  # gone already: /proc answers ENOENT or ESRCH
         return "?"
 
 
