@@ -35,7 +35,6 @@ def activities(db: Database, settings: Settings) -> list[Callable[..., Any]]:
     records = Records(db)
     steps = Steps(db, settings.artifacts_dir)
     return [
-        records.append_event,
         records.transition,
         records.gate_opened,
         records.gate_reminder,

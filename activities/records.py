@@ -17,16 +17,6 @@ from store.engine import Database
 from store.models import Decision, GateRow, utcnow
 
 
-class NewEvent(BaseModel):
-    resource_kind: str
-    resource_id: str
-    type: str
-    stage: str | None = None
-    status: str | None = None
-    message: str = ""
-    payload: dict[str, Any] = Field(default_factory=dict)
-
-
 class Transition(BaseModel):
     """A resource's new state, and the event that says so."""
 
@@ -75,7 +65,6 @@ class DecisionRecord(BaseModel):
     input: dict[str, Any] | None
     gate_state: str
     approvals: list[str]
-    resource_state: str | None = None
 
 
 def _decision_event(record: DecisionRecord) -> str:
@@ -93,23 +82,6 @@ class Records:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-
-    @activity.defn(name="records.append_event")
-    async def append_event(self, new: NewEvent) -> int:
-        async with self.db.session() as session:
-            event = await events.append(
-                session,
-                new.resource_kind,
-                new.resource_id,
-                new.type,
-                stage=new.stage,
-                status=new.status,
-                message=new.message,
-                payload=new.payload,
-            )
-            await session.commit()
-        assert event.id is not None
-        return event.id
 
     @activity.defn(name="records.transition")
     async def transition(self, t: Transition) -> None:
@@ -220,10 +192,6 @@ class Records:
                     gate.via = d.via
                     gate.reason = d.reason
                 session.add(gate)
-            if d.resource_state:
-                await resources.set_fields(
-                    session, d.resource_kind, d.resource_id, state=d.resource_state
-                )
             await events.append(
                 session,
                 d.resource_kind,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from enum import StrEnum
 
 import sqlalchemy as sa
@@ -135,7 +135,3 @@ async def authenticate(session: AsyncSession, secret: str) -> Principal | None:
         )
         await session.commit()
     return Principal(token_id=token.id, name=token.name, scopes=frozenset(token.scopes))
-
-
-def is_expired(token: Token, now: datetime | None = None) -> bool:
-    return token.expires_at is not None and token.expires_at <= (now or utcnow())

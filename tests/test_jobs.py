@@ -86,6 +86,26 @@ async def test_reject_pauses_and_resume_reruns_with_patched_params(
     await wait_state(admin, job_id, "completed")
 
 
+async def test_a_bare_resume_applies_the_rejections_patch(admin: httpx.AsyncClient) -> None:
+    job_id = await create_job(
+        admin, stage("script", "sh", "-c", "echo $PARAM_TONE", gate=GATE), params={"tone": "dry"}
+    )
+    await wait_state(admin, job_id, "needs_approval")
+    patch = {"op": "replace", "path": "/tone", "value": "warm"}
+    await admin.post(f"/api/v1/jobs/{job_id}/reject", json={"reason": "too dry", "patch": patch})
+    await wait_state(admin, job_id, "paused")
+    assert (await admin.post(f"/api/v1/jobs/{job_id}/resume")).status_code == 200
+    again = await wait_state(admin, job_id, "needs_approval")
+    assert again["params"] == {"tone": "warm"}
+    bad = await admin.post(f"/api/v1/jobs/{job_id}/reject", json={"reason": "x"})
+    assert bad.status_code == 200
+    await wait_state(admin, job_id, "paused")
+    broken = await admin.post(
+        f"/api/v1/jobs/{job_id}/resume", json={"patch": [{"op": "remove", "path": "/nope"}]}
+    )
+    assert broken.status_code == 422 and broken.json()["error_code"] == "INVALID_PATCH"
+
+
 async def test_decision_refusals_have_their_own_codes(api: Api, admin: httpx.AsyncClient) -> None:
     job_id = await create_job(admin, stage("s", gate=GATE))
     await wait_state(admin, job_id, "needs_approval")

@@ -373,11 +373,23 @@ async def resume(
     if job.state != "paused":
         raise ApiError(409, "JOB_NOT_PAUSED", f"job {job_id} is {job.state}, not paused")
     body = body or ResumeRequest()
+    patch = body.patch
+    if body.params is None and patch is None:
+        # The console's reject-with-patch: a bare resume applies the rejection's patch.
+        rejection = (
+            await session.exec(
+                select(Decision)
+                .where(Decision.resource_id == job_id, Decision.outcome == "reject")
+                .order_by(col(Decision.created_at).desc())
+            )
+        ).first()
+        if rejection is not None and rejection.input:
+            patch = rejection.input.get("patch")
     params: dict[str, Any] | None = None
-    if body.params is not None or body.patch is not None:
+    if body.params is not None or patch is not None:
         params = {**job.params, **(body.params or {})}
-        if body.patch is not None:
-            ops = body.patch if isinstance(body.patch, list) else [body.patch]
+        if patch is not None:
+            ops = patch if isinstance(patch, list) else [patch]
             try:
                 params = jsonpatch.apply_patch(params, ops)
             except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
