@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -75,14 +76,32 @@ def up(
 def api(
     host: Annotated[str | None, typer.Option(help="Bind address [env PILOTHOUSE_API_HOST]")] = None,
     port: Annotated[int | None, typer.Option(help="Port [env PILOTHOUSE_API_PORT]")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Processes [env PILOTHOUSE_API_WORKERS]")
+    ] = None,
 ) -> None:
     """Run the API alone, against PILOTHOUSE_TEMPORAL_ADDRESS and PILOTHOUSE_DATABASE_URL."""
     import uvicorn
 
     from api.app import create_app
 
-    settings = _settings(api_host=host, api_port=port)
+    settings = _settings(api_host=host, api_port=port, api_workers=workers)
     _logging(settings)
+    if settings.api_workers > 1:
+        # Each process builds its own app (and event watcher) from the environment.
+        os.environ.update(
+            PILOTHOUSE_API_HOST=settings.api_host, PILOTHOUSE_API_PORT=str(settings.api_port)
+        )
+        uvicorn.run(
+            "api.app:create_app",
+            factory=True,
+            host=settings.api_host,
+            port=settings.api_port,
+            workers=settings.api_workers,
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=5,
+        )
+        return
     uvicorn.run(
         create_app(settings),
         host=settings.api_host,

@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     )
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
+    api_workers: int = Field(1, ge=1, le=64, description="API processes, for `pilothouse api`")
     temporal_address: str | None = Field(
         None, description="host:port of Temporal; default is the embedded dev server"
     )

@@ -222,7 +222,7 @@ def spawn(argv: list[str], settings: Settings) -> subprocess.Popen[bytes]:
     )
 
 
-async def main(database_url: str | None, rounds: int) -> None:
+async def main(database_url: str | None, rounds: int, api_workers: int) -> None:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(),
         search_attributes=attributes.ALL,
@@ -259,7 +259,7 @@ async def main(database_url: str | None, rounds: int) -> None:
                 f"   ratio p50 {a['ours_p50'] / a['raw_p50']:4.2f}x  (target ≤ 2x)"
             )
             idle = settings.model_copy(update={"task_queue": "bench-idle", "api_port": free_port()})
-            idle_api = spawn(["api"], idle)
+            idle_api = spawn(["api", "--workers", str(api_workers)], idle)
             idle_http = httpx.AsyncClient(
                 base_url=f"http://127.0.0.1:{idle.api_port}",
                 headers=bench.http.headers,
@@ -297,5 +297,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--api-workers", type=int, default=1, help="API processes for (b)")
     args = parser.parse_args()
-    asyncio.run(main(args.database_url, args.rounds))
+    asyncio.run(main(args.database_url, args.rounds, args.api_workers))

@@ -125,13 +125,18 @@ async def authenticate(session: AsyncSession, secret: str) -> Principal | None:
     result = await session.exec(select(Token).where(Token.token_hash == hash_secret(secret)))
     token = result.first()
     now = utcnow()
-    if token is None or token.revoked_at is not None:
-        return None
-    if token.expires_at is not None and token.expires_at <= now:
-        return None
-    if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
-        await session.exec(
-            sa.update(Token).where(col(Token.id) == token.id).values(last_used_at=now)
-        )
-        await session.commit()
-    return Principal(token_id=token.id, name=token.name, scopes=frozenset(token.scopes))
+    principal = None
+    if (
+        token is not None
+        and token.revoked_at is None
+        and not (token.expires_at is not None and token.expires_at <= now)
+    ):
+        principal = Principal(token_id=token.id, name=token.name, scopes=frozenset(token.scopes))
+        if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
+            await session.exec(
+                sa.update(Token).where(col(Token.id) == token.id).values(last_used_at=now)
+            )
+    # End the transaction either way: a long request (an SSE stream) that shares this
+    # session must not hold a pooled connection while it streams.
+    await session.commit()
+    return principal

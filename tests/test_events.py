@@ -136,3 +136,28 @@ async def test_one_watcher_feeds_a_hundred_subscribers(db: Database) -> None:
             assert hub.subscriber_count == 100
     finally:
         await hub.stop()
+
+
+async def test_open_streams_do_not_hold_database_connections(admin: httpx.AsyncClient) -> None:
+    # More streams than the connection pool holds (5 + 10), and the API still answers.
+    job_id = await create_job(admin, stage("a", gate=GATE))
+    await wait_state(admin, job_id, "needs_approval")
+    connected = 0
+    all_in = asyncio.Event()
+
+    async def follow() -> None:
+        nonlocal connected
+        async with admin.stream("GET", f"/api/v1/jobs/{job_id}/events/stream") as response:
+            async for frame in frames(response):
+                if frame.event == "connected":
+                    connected += 1
+                    if connected == 25:
+                        all_in.set()
+                if frame.event == "done":
+                    return
+
+    streams = [asyncio.create_task(follow()) for _ in range(25)]
+    await asyncio.wait_for(all_in.wait(), 30)
+    assert (await admin.get(f"/api/v1/jobs/{job_id}")).status_code == 200
+    await admin.post(f"/api/v1/jobs/{job_id}/approve")
+    await asyncio.wait_for(asyncio.gather(*streams), 60)
