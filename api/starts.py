@@ -10,18 +10,28 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlmodel import SQLModel, col
 from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio.client import Client
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+)
 
 from api.errors import ApiError, not_found
 from api.metrics import WORKFLOW_STARTS
+from settings import Settings
 from store import events, idempotency
 from store.models import Event, IdempotencyKey
 from store.tokens import Principal
+from workflows import attributes
 
 Row = TypeVar("Row", bound=SQLModel)
 
 
 async def create_and_start(
     session: AsyncSession,
+    temporal: Client,
+    settings: Settings,
     principal: Principal,
     key: str | None,
     body: BaseModel,
@@ -29,7 +39,9 @@ async def create_and_start(
     kind: str,
     new_row: Callable[[], Row],
     created_event: dict[str, Any],
-    start: Callable[[Row], Awaitable[object]],
+    workflow: Callable[..., Awaitable[Any]],
+    workflow_input: Callable[[Row], BaseModel],
+    summary: Callable[[Row], str],
 ) -> Row:
     """The resource for this request: made and started now, or the one an earlier
     request with the same Idempotency-Key made (started again if that start was lost)."""
@@ -58,7 +70,22 @@ async def create_and_start(
             422, "IDEMPOTENCY_KEY_REUSED", "header.Idempotency-Key: used before with another body"
         ) from None
     try:
-        await start(row)
+        # USE_EXISTING: a repeated create whose first start was lost starts it now,
+        # and one whose start went through gets the running workflow.
+        await temporal.start_workflow(
+            workflow,
+            workflow_input(row),
+            id=_id(row),
+            task_queue=settings.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(attributes.KIND, kind),
+                    SearchAttributePair(attributes.STATE, str(created_event["status"])),
+                ]
+            ),
+            static_summary=summary(row),
+        )
     except Exception as exc:
         if fresh:
             await _undo(session, row)

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,8 +24,6 @@ def test_compose_file_is_valid() -> None:
 
 
 def test_compose_has_the_production_services() -> None:
-    import yaml
-
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     assert set(services) == {"postgres", "temporal", "temporal-ui", "api", "worker"}
     assert services["worker"]["command"] == ["pilothouse", "worker"]

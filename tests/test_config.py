@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from operator_file import load
 from settings import Settings
 from tests.conftest import Api, serve
 from tests.jobs_helpers import wait_state
@@ -89,8 +90,6 @@ async def test_a_named_pipeline_takes_its_gates_from_the_file(console: httpx.Asy
 
 
 def test_a_bad_operator_file_stops_the_api_with_its_path(tmp_path: Path) -> None:
-    from operator_file import load
-
     path = tmp_path / "operator.yaml"
     path.write_text("gates:\n  script:\n    required: sometimes\n")
     with pytest.raises(ValueError, match=r"gates\.script\.required"):

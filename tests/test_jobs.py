@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from pathlib import Path
+
 import httpx
 import pytest
 from sqlmodel import select
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.worker import Worker
 
-from store.models import Decision
+from settings import Settings
+from store.models import Decision, Event, IdempotencyKey
 from store.tokens import Scope
-from tests.conftest import Api, make_token
+from tests.conftest import Api, free_port, make_token, serve
 from tests.jobs_helpers import GATE, create_job, event_types, stage, wait_state
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -209,8 +214,6 @@ async def test_auto_approve_and_reminders(admin: httpx.AsyncClient) -> None:
     for _ in range(100):
         if "gate_reminder" in await event_types(admin, nag):
             break
-        import asyncio
-
         await asyncio.sleep(0.1)
     assert "gate_reminder" in await event_types(admin, nag)
     await admin.post(f"/api/v1/jobs/{nag}/approve")
@@ -228,18 +231,13 @@ async def test_a_failing_step_fails_the_job(admin: httpx.AsyncClient) -> None:
 
 
 async def test_cancel_kills_the_running_step(
-    api: Api, admin: httpx.AsyncClient, client: Client, tmp_path: object
+    api: Api, admin: httpx.AsyncClient, client: Client, tmp_path: Path
 ) -> None:
-    from pathlib import Path
-
-    pidfile = Path(str(tmp_path)) / "pid"
+    pidfile = tmp_path / "pid"
     job_id = await create_job(
         admin, stage("long", "sh", "-c", f"echo $$ > {pidfile}; exec sleep 60")
     )
     await wait_state(admin, job_id, "running")
-    import asyncio
-    import time
-
     deadline = time.monotonic() + 20
     while not (pidfile.exists() and pidfile.read_text().strip()):
         assert time.monotonic() < deadline
@@ -251,7 +249,12 @@ async def test_cancel_kills_the_running_step(
     assert (
         not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
     )
-    described = await client.get_workflow_handle(job_id).describe()
+    # The row says canceled a moment before the workflow closes: wait for the close.
+    handle = client.get_workflow_handle(job_id)
+    deadline = time.monotonic() + 20
+    while (described := await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
     assert described.status == WorkflowExecutionStatus.CANCELED
 
 
@@ -294,9 +297,6 @@ async def test_jobs_show_state_and_gate_in_the_temporal_ui(
 
 
 async def test_a_job_that_cannot_start_leaves_nothing_behind(api: Api) -> None:
-    from settings import Settings
-    from tests.conftest import free_port, serve
-
     settings: Settings = api.settings
     offline = settings.model_copy(update={"temporal_address": f"127.0.0.1:{free_port()}"})
     async with (
@@ -312,15 +312,11 @@ async def test_a_job_that_cannot_start_leaves_nothing_behind(api: Api) -> None:
         assert answer.json()["error_code"] == "TEMPORAL_UNAVAILABLE"
         assert (await client.get("/api/v1/jobs")).json()["total"] == 0
     async with api.db.session() as session:
-        from store.models import Event, IdempotencyKey
-
         assert (await session.exec(select(Event))).all() == []
         assert (await session.exec(select(IdempotencyKey))).all() == []
 
 
 async def test_racing_decisions_give_exactly_one_winner(api: Api, admin: httpx.AsyncClient) -> None:
-    import asyncio
-
     job_id = await create_job(admin, stage("race", gate=GATE))
     job = await wait_state(admin, job_id, "needs_approval")
     tokens = [

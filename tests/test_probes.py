@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import yaml
 
 from settings import Settings
-from tests.conftest import Api, serve
+from tests.conftest import Api, free_port, serve
 
 
 async def test_healthz_and_readyz(api: Api) -> None:
@@ -21,11 +22,8 @@ async def test_healthz_and_readyz(api: Api) -> None:
 
 async def test_readyz_names_missing_migrations(settings: Settings, tmp_path: Path) -> None:
     empty = settings.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'empty.db'}"})
-    async with serve(empty) as base:
-        import httpx
-
-        async with httpx.AsyncClient(base_url=base) as client:
-            answer = await client.get("/readyz")
+    async with serve(empty) as base, httpx.AsyncClient(base_url=base) as client:
+        answer = await client.get("/readyz")
     assert answer.status_code == 503
     body = answer.json()
     assert body["error_code"] == "NOT_READY"
@@ -34,10 +32,6 @@ async def test_readyz_names_missing_migrations(settings: Settings, tmp_path: Pat
 
 
 async def test_readyz_and_health_name_an_unreachable_temporal(settings: Settings) -> None:
-    import httpx
-
-    from tests.conftest import free_port
-
     offline = settings.model_copy(update={"temporal_address": f"127.0.0.1:{free_port()}"})
     async with serve(offline) as base, httpx.AsyncClient(base_url=base) as client:
         ready = await client.get("/readyz")
@@ -49,10 +43,6 @@ async def test_readyz_and_health_name_an_unreachable_temporal(settings: Settings
 
 
 async def test_health_is_unhealthy_without_the_database(settings: Settings) -> None:
-    import httpx
-
-    from tests.conftest import free_port
-
     url = f"postgresql+psycopg://postgres:s3cret@127.0.0.1:{free_port()}/nope"
     broken = settings.model_copy(update={"database_url": url})
     async with serve(broken) as base, httpx.AsyncClient(base_url=base) as client:

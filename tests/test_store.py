@@ -10,6 +10,7 @@ from sqlmodel import SQLModel
 from settings import Settings
 from store import migrate
 from store.engine import Database, sync_url
+from store.models import Token
 from store.tokens import Scope, create_token
 
 
@@ -32,8 +33,6 @@ async def test_datetimes_come_back_aware_utc(db: Database) -> None:
         token, _ = await create_token(session, "tz", [Scope.jobs_read])
         await session.commit()
     async with db.session() as session:
-        from store.models import Token
-
         loaded = await session.get(Token, token.id)
     assert loaded is not None and loaded.created_at.utcoffset() is not None
     assert loaded.created_at == token.created_at

@@ -10,11 +10,6 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-)
 
 from api import decisions
 from api.auth import require
@@ -23,7 +18,6 @@ from api.errors import ApiError, ErrorBody, not_found
 from api.starts import create_and_start
 from store.models import ApprovalRequest, GateRow, utcnow
 from store.tokens import Principal, Scope
-from workflows import attributes
 from workflows.approvals import ApprovalInput, ApprovalWorkflow
 from workflows.gate import GateConfig
 
@@ -147,26 +141,10 @@ async def request_approval(
     )
     timeout_at = utcnow() + timedelta(minutes=body.timeout_minutes)
 
-    async def start(row: ApprovalRequest) -> None:
-        await temporal.start_workflow(
-            ApprovalWorkflow.run,
-            ApprovalInput(
-                approval_id=row.id, gate=gate, auto_approve_allowed=settings.auto_approve
-            ),
-            id=row.id,
-            task_queue=settings.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(attributes.KIND, "approval"),
-                    SearchAttributePair(attributes.STATE, "pending"),
-                ]
-            ),
-            static_summary=f"Approval for {row.run_id}/{row.phase_id}: {row.context}",
-        )
-
     row = await create_and_start(
         session,
+        temporal,
+        settings,
         principal,
         key,
         body,
@@ -186,7 +164,11 @@ async def request_approval(
             "message": f"approval requested by {principal.name} for {body.run_id}/{body.phase_id}",
             "payload": {"context": body.context, "run_id": body.run_id, "phase_id": body.phase_id},
         },
-        start=start,
+        workflow=ApprovalWorkflow.run,
+        workflow_input=lambda row: ApprovalInput(
+            approval_id=row.id, gate=gate, auto_approve_allowed=settings.auto_approve
+        ),
+        summary=lambda row: f"Approval for {row.run_id}/{row.phase_id}: {row.context}",
     )
     auto = body.auto_approve and settings.auto_approve
     return ApprovalRequested(

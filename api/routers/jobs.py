@@ -12,11 +12,6 @@ from fastapi import APIRouter, Depends, Header, Query, Request, status
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field, model_validator
 from sqlmodel import col, select
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-)
 
 from api import decisions
 from api.auth import require
@@ -37,7 +32,6 @@ from operator_file import OperatorConfig
 from store import events
 from store.models import Artifact, Decision, GateRow, Job
 from store.tokens import Principal, Scope
-from workflows import attributes
 from workflows.gate import DecisionOut, Outcome
 from workflows.jobs import JobInput, JobWorkflow, ResumeIn, ResumeOut, StageSpec
 
@@ -201,29 +195,10 @@ async def create_job(
         stages = body.stages
     stages = config.stages_for(stages)
 
-    async def start(job: Job) -> None:
-        await temporal.start_workflow(
-            JobWorkflow.run,
-            JobInput(
-                job_id=job.id,
-                stages=[StageSpec.model_validate(s) for s in job.stages],
-                params=job.params,
-                auto_approve_allowed=settings.auto_approve,
-            ),
-            id=job.id,
-            task_queue=settings.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(attributes.KIND, "job"),
-                    SearchAttributePair(attributes.STATE, "queued"),
-                ]
-            ),
-            static_summary=f"Job {job.pipeline or 'ad hoc'} by {job.owner}",
-        )
-
     job = await create_and_start(
         session,
+        temporal,
+        settings,
         principal,
         key,
         body,
@@ -240,7 +215,14 @@ async def create_job(
             "message": f"job created by {principal.name}",
             "payload": {"operator": principal.name, "pipeline": body.pipeline},
         },
-        start=start,
+        workflow=JobWorkflow.run,
+        workflow_input=lambda job: JobInput(
+            job_id=job.id,
+            stages=[StageSpec.model_validate(s) for s in job.stages],
+            params=job.params,
+            auto_approve_allowed=settings.auto_approve,
+        ),
+        summary=lambda job: f"Job {job.pipeline or 'ad hoc'} by {job.owner}",
     )
     return JobPublic(**job.model_dump())
 
