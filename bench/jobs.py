@@ -53,6 +53,38 @@ def peak_kib(pid: int) -> int:
     return 0
 
 
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and _stat(int(entry.name))[1] == str(pid):
+                found.append(int(entry.name))
+        except OSError:  # gone while we looked
+            continue
+    return found
+
+
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+
+
+def cpu_seconds(pid: int, *, with_children: bool = True) -> float:
+    """User and system CPU of a process and its children (an API's --workers), from /proc."""
+    fields = _stat(pid)
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    if not with_children:
+        return own
+    return own + sum(cpu_seconds(child) for child in children(pid))
+
+
+def dev_server_pid() -> int:
+    """The dev server WorkflowEnvironment.start_local spawned as this process's child."""
+    for child in children(os.getpid()):
+        if b"start-dev" in Path(f"/proc/{child}/cmdline").read_bytes():
+            return child
+    raise RuntimeError("no dev server child process")
+
+
 class Bench:
     def __init__(self, env: WorkflowEnvironment, settings: Settings, token: str) -> None:
         self.env = env
@@ -127,10 +159,14 @@ async def decision_latency(bench: Bench, client: Client, rounds: int) -> dict[st
 
 
 async def start_throughput(
-    idle_api: httpx.AsyncClient, client: Client, n: int, concurrency: int
+    idle_api: httpx.AsyncClient, api_pid: int, client: Client, n: int, concurrency: int
 ) -> dict[str, float]:
-    """Nobody polls either side's queue: both measure the start alone, not the running."""
+    """Nobody polls either side's queue: both measure the start alone, not the running.
+
+    Beside the rates it reports CPU milliseconds per start for each process, because on a
+    small machine every process shares the same cores: the sum bounds the throughput."""
     semaphore = asyncio.Semaphore(concurrency)
+    server = dev_server_pid()
 
     async def ours_one() -> None:
         async with semaphore:
@@ -139,19 +175,29 @@ async def start_throughput(
             )
             answer.raise_for_status()
 
-    async def raw_one(i: int) -> None:
+    async def raw_one() -> None:
         async with semaphore:
             await client.start_workflow(
                 "Idle", id=f"raw-start-{uuid.uuid4()}", task_queue="bench-idle"
             )
 
-    start = time.perf_counter()
-    await asyncio.gather(*(raw_one(i) for i in range(n)))
-    raw_s = time.perf_counter() - start
-    start = time.perf_counter()
-    await asyncio.gather(*(ours_one() for _ in range(n)))
-    ours_s = time.perf_counter() - start
-    return {"ours_per_s": n / ours_s, "raw_per_s": n / raw_s}
+    figures: dict[str, float] = {}
+    for side, one in (("raw", raw_one), ("ours", ours_one)):
+        # The client spawned every other process: count its own CPU alone.
+        def cpu() -> dict[str, float]:
+            return {
+                "api": cpu_seconds(api_pid),
+                "temporal": cpu_seconds(server),
+                "client": cpu_seconds(os.getpid(), with_children=False),
+            }
+
+        before = cpu()
+        start = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(n)))
+        figures[f"{side}_per_s"] = n / (time.perf_counter() - start)
+        for name, seconds in cpu().items():
+            figures[f"{side}_{name}_ms"] = (seconds - before[name]) * 1000 / n
+    return figures
 
 
 async def sequential_stages(bench: Bench, n: int) -> float:
@@ -266,7 +312,7 @@ async def main(database_url: str | None, rounds: int, api_workers: int) -> None:
                 timeout=60,
             )
             await wait_ready(idle_http)
-            b = await start_throughput(idle_http, client, 500, 20)
+            b = await start_throughput(idle_http, idle_api.pid, client, 500, 20)
             await idle_http.aclose()
             idle_api.terminate()
             idle_api.wait(30)
@@ -274,6 +320,12 @@ async def main(database_url: str | None, rounds: int, api_workers: int) -> None:
                 f"(b) 500 creates  POST /api/v1/jobs {b['ours_per_s']:6.1f}/s   raw start_workflow"
                 f" {b['raw_per_s']:6.1f}/s   ratio {b['ours_per_s'] / b['raw_per_s']:4.2f}x  (target ≥ 0.8x)"
             )
+            for side in ("ours", "raw"):
+                print(
+                    f"    CPU ms per start, {side:4}:  API {b[f'{side}_api_ms']:4.2f}"
+                    f"  Temporal server {b[f'{side}_temporal_ms']:4.2f}"
+                    f"  load generator {b[f'{side}_client_ms']:4.2f}"
+                )
             c = await sequential_stages(bench, 40)
             print(f"(c) 40 sequential `true` stages  {c:5.2f} s  (target < 3 s)")
             d = await sse_fanout(bench, 100, 20)

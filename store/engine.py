@@ -49,9 +49,11 @@ class Database:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        kwargs: dict[str, Any] = {}
         if not is_sqlite(url):
-            kwargs.update(pool_size=10, max_overflow=20)
+            # A server can drop connections (restart, failover); a local file cannot,
+            # so only PostgreSQL pays a ping per checkout.
+            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(async_url(url), **kwargs)
         if is_sqlite(url):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
