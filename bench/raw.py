@@ -17,6 +17,10 @@ class RawGate:
     async def run(self) -> None:
         await workflow.wait_condition(lambda: self.decided)
 
+    @workflow.query
+    def waiting(self) -> bool:
+        return not self.decided
+
     @workflow.update
     async def decide(self, outcome: str) -> str:
         self.decided = True
