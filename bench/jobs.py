@@ -183,16 +183,16 @@ async def start_throughput(
                 "Idle", id=f"raw-start-{uuid.uuid4()}", task_queue="bench-idle"
             )
 
+    def cpu() -> dict[str, float]:
+        # The client spawned every other process: count its own CPU alone.
+        return {
+            "api": cpu_seconds(api_pid),
+            "temporal": cpu_seconds(server),
+            "client": cpu_seconds(os.getpid(), with_children=False),
+        }
+
     figures: dict[str, float] = {}
     for side, one in (("raw", raw_one), ("ours", ours_one)):
-        # The client spawned every other process: count its own CPU alone.
-        def cpu() -> dict[str, float]:
-            return {
-                "api": cpu_seconds(api_pid),
-                "temporal": cpu_seconds(server),
-                "client": cpu_seconds(os.getpid(), with_children=False),
-            }
-
         before = cpu()
         start = time.perf_counter()
         await asyncio.gather(*(one() for _ in range(n)))
