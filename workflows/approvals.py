@@ -8,7 +8,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from activities.records import Transition
     from workflows import attributes
-    from workflows.gate import RECORD_RETRY, RECORD_TIMEOUT, GateConfig, Gated, GateResult
+    from workflows.gate import GateConfig, Gated, GateResult, record
 
 STAGE = "approval"
 
@@ -29,7 +29,7 @@ class ApprovalWorkflow(Gated):
         result = await self.run_gate(STAGE, request.gate, 1, request.auto_approve_allowed)
         state = "timeout" if result.via == "timer" and result.state != "approved" else result.state
         workflow.upsert_search_attributes([attributes.STATE.value_set(state)])
-        await workflow.execute_activity(
+        await record(
             "records.transition",
             Transition(
                 resource_kind=self.kind,
@@ -41,8 +41,6 @@ class ApprovalWorkflow(Gated):
                 payload=result.model_dump(mode="json"),
                 final=True,
             ),
-            start_to_close_timeout=RECORD_TIMEOUT,
-            retry_policy=RECORD_RETRY,
         )
         await workflow.wait_condition(workflow.all_handlers_finished)
         return result

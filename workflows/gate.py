@@ -28,6 +28,14 @@ Via = Literal["api", "telegram", "timer", "auto"]
 Outcome = Literal["approve", "reject"]
 
 
+async def record(activity: str, fact: BaseModel) -> None:
+    """Write a fact to the database through a `records.*` activity: the one way workflows
+    record, with one timeout and one retry policy."""
+    await workflow.execute_activity(
+        activity, fact, start_to_close_timeout=RECORD_TIMEOUT, retry_policy=RECORD_RETRY
+    )
+
+
 class GateConfig(BaseModel):
     """How a gate decides. `timeout_minutes` is the operator file's spelling."""
 
@@ -179,7 +187,7 @@ class Gated:
         decision_id = f"{workflow_id}/{update.id}" if update else f"{gate.id}/{d.via}"
         gate.recording += 1
         try:
-            await workflow.execute_activity(
+            await record(
                 "records.decision",
                 DecisionRecord(
                     id=decision_id,
@@ -195,8 +203,6 @@ class Gated:
                     gate_state=gate.state,
                     approvals=list(gate.approvals),
                 ),
-                start_to_close_timeout=RECORD_TIMEOUT,
-                retry_policy=RECORD_RETRY,
             )
         finally:
             gate.recording -= 1
@@ -218,7 +224,7 @@ class Gated:
         workflow.set_current_details(
             f"**Stage** {stage}\n\n**Gate** {gate.id}: waiting for a decision"
         )
-        await workflow.execute_activity(
+        await record(
             "records.gate_opened",
             GateOpened(
                 gate_id=gate.id,
@@ -231,8 +237,6 @@ class Gated:
                 deadline=deadline,
                 resource_state=self.waiting_state,
             ),
-            start_to_close_timeout=RECORD_TIMEOUT,
-            retry_policy=RECORD_RETRY,
         )
         if config.auto_approve and auto_approve_allowed:
             await self._decide_alone(gate, DecisionIn(outcome="approve", by="auto", via="auto"))
@@ -252,7 +256,7 @@ class Gated:
                 if deadline is not None and workflow.now() >= deadline:
                     await self._time_out(gate)
                 else:
-                    await workflow.execute_activity(
+                    await record(
                         "records.gate_reminder",
                         GateReminder(
                             gate_id=gate.id,
@@ -261,8 +265,6 @@ class Gated:
                             stage=stage,
                             approvals=list(gate.approvals),
                         ),
-                        start_to_close_timeout=RECORD_TIMEOUT,
-                        retry_policy=RECORD_RETRY,
                     )
         # The decision's record must land before anything the workflow does next.
         await workflow.wait_condition(lambda: gate.recording == 0)

@@ -20,7 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.records import Transition
     from activities.steps import StepInput, StepResult
     from workflows import attributes
-    from workflows.gate import RECORD_RETRY, RECORD_TIMEOUT, GateConfig, Gated
+    from workflows.gate import GateConfig, Gated, record
 
 WORKER_LOSSES = 2
 STAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
@@ -205,7 +205,7 @@ class JobWorkflow(Gated):
         changes: dict[str, Any] | None = None,
     ) -> None:
         self._set_state(state, self.stage)
-        await workflow.execute_activity(
+        await record(
             "records.transition",
             Transition(
                 resource_kind=self.kind,
@@ -219,8 +219,6 @@ class JobWorkflow(Gated):
                 final=final,
                 changes=changes or {},
             ),
-            start_to_close_timeout=RECORD_TIMEOUT,
-            retry_policy=RECORD_RETRY,
         )
 
     @workflow.update
