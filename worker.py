@@ -38,6 +38,7 @@ def activities(db: Database, settings: Settings) -> list[Callable[..., Any]]:
         records.transition,
         records.gate_opened,
         records.gate_reminder,
+        records.decisions,
         records.decision,
         steps.run,
     ]

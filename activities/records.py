@@ -2,6 +2,12 @@
 
 Each activity writes its row changes and its event in one transaction, and is safe to
 retry: a retried decision finds its row and writes nothing twice.
+
+A decision is not recorded by an activity of its own. The workflow takes it at once and
+hands it to the next activity it runs (every input here, and the step executor's, is
+`CarriesDecisions`), which writes it first, in the same transaction as its own fact. So
+the audit trail and the event log stay in the order things happened, and approving costs
+no extra round trip before the next stage starts.
 """
 
 from __future__ import annotations
@@ -9,47 +15,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import sqlalchemy as sa
 from pydantic import BaseModel, Field
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import col
+from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
 from store import events, resources
 from store.engine import Database
 from store.models import Decision, GateRow, utcnow
-
-
-class Transition(BaseModel):
-    """A resource's new state, and the event that says so."""
-
-    resource_kind: str
-    resource_id: str
-    state: str
-    stage: str | None = None
-    error: str | None = None
-    event_type: str
-    message: str = ""
-    payload: dict[str, Any] = Field(default_factory=dict)
-    final: bool = False
-    changes: dict[str, Any] = Field(default_factory=dict, description="Other columns to set")
-
-
-class GateOpened(BaseModel):
-    gate_id: str
-    resource_kind: str
-    resource_id: str
-    stage: str
-    config: dict[str, Any]
-    approvals_needed: int
-    opened_at: datetime
-    deadline: datetime | None
-    resource_state: str | None = None
-
-
-class GateReminder(BaseModel):
-    gate_id: str
-    resource_kind: str
-    resource_id: str
-    stage: str
-    approvals: list[str]
 
 
 class DecisionRecord(BaseModel):
@@ -67,6 +42,49 @@ class DecisionRecord(BaseModel):
     approvals: list[str]
 
 
+class CarriesDecisions(BaseModel):
+    """An activity input with the decisions the workflow has taken but not yet recorded."""
+
+    decisions: list[DecisionRecord] = Field(
+        default_factory=list, description="Written first, in the same transaction"
+    )
+
+
+class Transition(CarriesDecisions):
+    """A resource's new state, and the event that says so."""
+
+    resource_kind: str
+    resource_id: str
+    state: str
+    stage: str | None = None
+    error: str | None = None
+    event_type: str
+    message: str = ""
+    payload: dict[str, Any] = Field(default_factory=dict)
+    final: bool = False
+    changes: dict[str, Any] = Field(default_factory=dict, description="Other columns to set")
+
+
+class GateOpened(CarriesDecisions):
+    gate_id: str
+    resource_kind: str
+    resource_id: str
+    stage: str
+    config: dict[str, Any]
+    approvals_needed: int
+    opened_at: datetime
+    deadline: datetime | None
+    resource_state: str | None = None
+
+
+class GateReminder(CarriesDecisions):
+    gate_id: str
+    resource_kind: str
+    resource_id: str
+    stage: str
+    approvals: list[str]
+
+
 def _decision_event(record: DecisionRecord) -> str:
     if record.via == "auto":
         return "gate_auto_approved"
@@ -75,6 +93,54 @@ def _decision_event(record: DecisionRecord) -> str:
     if record.gate_state == "open":
         return "gate_approval_recorded"
     return f"gate_{record.gate_state}"
+
+
+async def write_decisions(session: AsyncSession, decisions: list[DecisionRecord]) -> None:
+    """Add each decision's row, its gate's new state and its event, in order; a decision
+    already recorded (a retried activity, or one carried twice) is skipped. Plain
+    statements, no ORM loads: this runs before the next stage may start."""
+    for d in decisions:
+        insert = (postgresql.insert if events.is_postgres(session) else sqlite.insert)(Decision)
+        added = await session.exec(
+            insert.values(
+                id=d.id,
+                gate_id=d.gate_id,
+                resource_kind=d.resource_kind,
+                resource_id=d.resource_id,
+                stage=d.stage,
+                outcome=d.outcome,
+                by=d.by,
+                via=d.via,
+                reason=d.reason,
+                input=d.input,
+                created_at=utcnow(),
+            ).on_conflict_do_nothing(index_elements=["id"])
+        )
+        if added.rowcount == 0:
+            continue
+        gate: dict[str, Any] = {"approvals": d.approvals, "state": d.gate_state}
+        if d.gate_state != "open":
+            gate |= {"decided_at": utcnow(), "decided_by": d.by, "via": d.via, "reason": d.reason}
+        await session.exec(sa.update(GateRow).where(col(GateRow.id) == d.gate_id).values(**gate))
+        await events.append(
+            session,
+            d.resource_kind,
+            d.resource_id,
+            _decision_event(d),
+            stage=d.stage,
+            status=d.gate_state,
+            message=f"{d.stage}: {d.outcome} by {d.by} via {d.via}",
+            payload={
+                "gate_id": d.gate_id,
+                "stage": d.stage,
+                "operator": d.by,
+                "via": d.via,
+                "outcome": d.outcome,
+                "notes": d.reason,
+                "input": d.input,
+                "approvals": d.approvals,
+            },
+        )
 
 
 class Records:
@@ -86,6 +152,7 @@ class Records:
     @activity.defn(name="records.transition")
     async def transition(self, t: Transition) -> None:
         async with self.db.session() as session:
+            await write_decisions(session, t.decisions)
             await resources.set_fields(
                 session,
                 t.resource_kind,
@@ -111,7 +178,9 @@ class Records:
     @activity.defn(name="records.gate_opened")
     async def gate_opened(self, g: GateOpened) -> None:
         async with self.db.session() as session:
+            await write_decisions(session, g.decisions)
             if await session.get(GateRow, g.gate_id) is not None:
+                await session.commit()
                 return
             session.add(
                 GateRow(
@@ -151,6 +220,7 @@ class Records:
     @activity.defn(name="records.gate_reminder")
     async def gate_reminder(self, r: GateReminder) -> None:
         async with self.db.session() as session:
+            await write_decisions(session, r.decisions)
             await events.append(
                 session,
                 r.resource_kind,
@@ -163,52 +233,16 @@ class Records:
             )
             await session.commit()
 
+    @activity.defn(name="records.decisions")
+    async def decisions(self, c: CarriesDecisions) -> None:
+        """Decisions alone: approvals that leave a quorum gate open start nothing else."""
+        async with self.db.session() as session:
+            await write_decisions(session, c.decisions)
+            await session.commit()
+
     @activity.defn(name="records.decision")
     async def decision(self, d: DecisionRecord) -> None:
+        """One decision: what workflows started before decisions were carried still call."""
         async with self.db.session() as session:
-            if await session.get(Decision, d.id) is not None:
-                return
-            session.add(
-                Decision(
-                    id=d.id,
-                    gate_id=d.gate_id,
-                    resource_kind=d.resource_kind,
-                    resource_id=d.resource_id,
-                    stage=d.stage,
-                    outcome=d.outcome,
-                    by=d.by,
-                    via=d.via,
-                    reason=d.reason,
-                    input=d.input,
-                )
-            )
-            gate = await session.get(GateRow, d.gate_id)
-            if gate is not None:
-                gate.approvals = d.approvals
-                gate.state = d.gate_state
-                if d.gate_state != "open":
-                    gate.decided_at = utcnow()
-                    gate.decided_by = d.by
-                    gate.via = d.via
-                    gate.reason = d.reason
-                session.add(gate)
-            await events.append(
-                session,
-                d.resource_kind,
-                d.resource_id,
-                _decision_event(d),
-                stage=d.stage,
-                status=d.gate_state,
-                message=f"{d.stage}: {d.outcome} by {d.by} via {d.via}",
-                payload={
-                    "gate_id": d.gate_id,
-                    "stage": d.stage,
-                    "operator": d.by,
-                    "via": d.via,
-                    "outcome": d.outcome,
-                    "notes": d.reason,
-                    "input": d.input,
-                    "approvals": d.approvals,
-                },
-            )
+            await write_decisions(session, [d])
             await session.commit()

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.records import CarriesDecisions, write_decisions
 from store import events, resources
 from store.engine import Database
 from store.models import Artifact
@@ -34,7 +35,7 @@ INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "SHEL
 NOT_STARTABLE = 127
 
 
-class StepInput(BaseModel):
+class StepInput(CarriesDecisions):
     resource_kind: str
     resource_id: str
     stage: str
@@ -69,7 +70,8 @@ class Steps:
         path = self.artifacts_dir / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         pgid_file = path.parent / f".{slug}.pgid"
-        await asyncio.to_thread(stop_orphan, pgid_file)
+        if pgid_file.exists():
+            await asyncio.to_thread(stop_orphan, pgid_file)
         await self._started(step, attempt)
         started = time.monotonic()
         outcome = "failed"
@@ -138,6 +140,8 @@ class Steps:
 
     async def _started(self, step: StepInput, attempt: int) -> None:
         async with self.db.session() as session:
+            # The decision that let this stage start comes first in the log.
+            await write_decisions(session, step.decisions)
             await resources.set_fields(
                 session, step.resource_kind, step.resource_id, state="running", stage=step.stage
             )

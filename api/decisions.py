@@ -1,8 +1,12 @@
 """Deciding a gate from the API: the one path every family's approve, reject and the inbox
-take. It checks the input schema, sends the `decide` Update, and maps refusals to HTTP."""
+take. It checks the input schema, sends the `decide` Update, maps refusals to HTTP, and
+answers once the decision is on record."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 import uuid
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -15,10 +19,16 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.errors import ApiError
 from api.metrics import DECISIONS
-from store.models import GateRow
+from store.models import Decision, GateRow
 from workflows.gate import DecisionIn, DecisionOut, Outcome, Via
 
 T = TypeVar("T")
+
+log = logging.getLogger("pilothouse.decisions")
+
+# The workflow hands a decision to the activity that starts its next step, which writes it
+# within milliseconds; the wait is bounded because a stopped worker may write it later.
+RECORD_WAIT_S = 5.0
 
 # Refusals raised in workflows carry their error code as the ApplicationError type.
 STATUS_BY_TYPE = {
@@ -78,6 +88,7 @@ async def decide(
         raise ApiError(409, "GATE_ALREADY_DECIDED", f"gate {gate.id} is already {gate.state}")
     check_input(gate, outcome, data)
     handle = temporal.get_workflow_handle(gate.resource_id)
+    update_id = idempotency_key or f"decision-{uuid.uuid4()}"
     try:
         result: DecisionOut = await updating(
             handle.execute_update(
@@ -85,7 +96,7 @@ async def decide(
                 DecisionIn(
                     gate_id=gate.id, outcome=outcome, by=by, via=via, reason=reason, input=data
                 ),
-                id=idempotency_key or f"decision-{uuid.uuid4()}",
+                id=update_id,
                 result_type=DecisionOut,
             )
         )
@@ -101,4 +112,22 @@ async def decide(
             ) from None
         raise
     DECISIONS.labels(outcome, via).inc()
+    await on_record(session, f"{gate.resource_id}/{update_id}")
     return result
+
+
+async def on_record(session: AsyncSession, decision_id: str) -> None:
+    """Wait until the decision's row is written, so that what the caller reads next (the
+    inbox, the job, the gate) already shows it."""
+    deadline = time.monotonic() + RECORD_WAIT_S
+    pause = 0.002
+    while True:
+        # Each read sees the latest commit: SQLite reads outside a transaction, and
+        # PostgreSQL's read committed takes a new snapshot per statement.
+        if await session.get(Decision, decision_id) is not None:
+            return
+        if time.monotonic() >= deadline:
+            log.warning("decision %s is applied but not yet on record", decision_id)
+            return
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.1)

@@ -209,6 +209,9 @@ async def sse(
         last = after_id
         caught_up = False
         started = time.monotonic()
+        # Asked before the replay, so whatever ended the resource is in the replay; asked
+        # after, a resource ending in between would get `done` without its last events.
+        final = await ended()
         while True:
             if not caught_up or subscription.lagged:
                 subscription.lagged = False
@@ -225,7 +228,6 @@ async def sse(
                     continue
                 if not caught_up:
                     caught_up = True
-                    final = await ended()
                     if final is not None:
                         yield frame(final, event="done")
                         return

@@ -122,8 +122,9 @@ def ts(value: str) -> datetime:
 
 
 async def decision_latency(bench: Bench, client: Client, rounds: int) -> dict[str, float]:
-    ours: list[float] = []
-    for _ in range(rounds):
+    """Rounds alternate ours and raw, so both see the same machine from moment to moment."""
+
+    async def ours_one() -> float:
         job_id = await bench.job(
             [
                 {"name": "a", "run": ["true"], "gate": {"required": True}},
@@ -139,19 +140,25 @@ async def decision_latency(bench: Bench, client: Client, rounds: int) -> dict[st
             for e in await bench.events(job_id)
             if e["type"] == "stage_started" and e["stage"] == "b"
         ]
-        ours.append((ts(started[0]["ts"]) - sent).total_seconds() * 1000)
+        return (ts(started[0]["ts"]) - sent).total_seconds() * 1000
+
+    async def raw_one() -> float:
+        handle = await client.start_workflow(
+            RawGate.run, id=f"raw-{uuid.uuid4()}", task_queue="bench-raw"
+        )
+        # Like the job's gate, the workflow is already running and waiting: the query
+        # returns once its first task is done, so only the Update is timed.
+        await handle.query(RawGate.waiting)
+        start = time.perf_counter()
+        await handle.execute_update(RawGate.decide, "approve")
+        return (time.perf_counter() - start) * 1000
+
+    ours: list[float] = []
     raw: list[float] = []
     async with Worker(client, task_queue="bench-raw", workflows=[RawGate]):
         for _ in range(rounds):
-            handle = await client.start_workflow(
-                RawGate.run, id=f"raw-{uuid.uuid4()}", task_queue="bench-raw"
-            )
-            # Like the job's gate, the workflow is already running and waiting: the query
-            # returns once its first task is done, so only the Update is timed.
-            await handle.query(RawGate.waiting)
-            start = time.perf_counter()
-            await handle.execute_update(RawGate.decide, "approve")
-            raw.append((time.perf_counter() - start) * 1000)
+            ours.append(await ours_one())
+            raw.append(await raw_one())
     return {
         "ours_p50": statistics.median(ours),
         "ours_p95": pct(ours, 0.95),
@@ -356,7 +363,7 @@ async def main(database_url: str | None, rounds: int, api_workers: int, only: st
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--database-url", default=None)
-    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--api-workers", type=int, default=1, help="API processes for (b)")
     parser.add_argument("--only", default="abcd", help="which benchmarks to run, e.g. 'ac'")
     args = parser.parse_args()

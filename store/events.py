@@ -19,7 +19,7 @@ from store.models import Event
 CHANNEL = "pilothouse_events"
 
 
-def _is_postgres(session: AsyncSession) -> bool:
+def is_postgres(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
@@ -36,7 +36,7 @@ async def append(
     final: bool = False,
 ) -> Event:
     """Add an event to the caller's transaction; it becomes visible at commit."""
-    postgres = _is_postgres(session)
+    postgres = is_postgres(session)
     if postgres:
         conn = await session.connection()
         await conn.execute(

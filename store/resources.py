@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import sqlalchemy as sa
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -13,12 +14,11 @@ TABLES: dict[str, type[SQLModel]] = {"job": Job, "approval": ApprovalRequest}
 
 
 async def set_fields(session: AsyncSession, kind: str, resource_id: str, **values: Any) -> None:
-    """Set columns on a resource's row in the caller's transaction; unknown rows are left."""
+    """Set columns on a resource's row in the caller's transaction; unknown rows are left.
+    One UPDATE, no load: workflows call this on the way to their next step."""
     table = TABLES.get(kind)
-    row = await session.get(table, resource_id) if table else None
-    if row is None:
+    if table is None:
         return
-    for name, value in values.items():
-        setattr(row, name, value)
-    row.updated_at = utcnow()
-    session.add(row)
+    await session.exec(
+        sa.update(table).where(sa.column("id") == resource_id).values(**values, updated_at=utcnow())
+    )

@@ -343,4 +343,6 @@ async def test_racing_decisions_give_exactly_one_winner(api: Api, admin: httpx.A
         "GATE_ALREADY_DECIDED",
         "GATE_NOT_OPEN",
     }
+    # The winning decision is written with what the job does next.
+    await wait_state(admin, job_id, "paused", "completed")
     assert len(await decisions_of(api, job["open_gate"]["gate_id"])) == 1

@@ -8,7 +8,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from activities.records import Transition
     from workflows import attributes
-    from workflows.gate import GateConfig, Gated, GateResult, record
+    from workflows.gate import GateConfig, Gated, GateResult
 
 STAGE = "approval"
 
@@ -29,7 +29,7 @@ class ApprovalWorkflow(Gated):
         result = await self.run_gate(STAGE, request.gate, 1, request.auto_approve_allowed)
         state = "timeout" if result.via == "timer" and result.state != "approved" else result.state
         workflow.upsert_search_attributes([attributes.STATE.value_set(state)])
-        await record(
+        await self.record(
             "records.transition",
             Transition(
                 resource_kind=self.kind,

@@ -1,8 +1,9 @@
 """The approval gate: one implementation, inherited by every workflow family.
 
 A gate opens, is recorded, and waits for decisions (a Temporal Update with a validator),
-its timer, or an auto-approval. The workflow alone holds its state; every decision is
-recorded through an activity before the workflow moves on.
+its timer, or an auto-approval. The workflow alone holds its state. A decision is taken at
+once and recorded by the next activity the workflow runs, before that activity does
+anything else (see `activities/records.py`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.records import DecisionRecord, GateOpened, GateReminder
+    from activities.records import CarriesDecisions, DecisionRecord, GateOpened, GateReminder
     from workflows import attributes
 
 RECORD_TIMEOUT = timedelta(seconds=30)
@@ -26,14 +27,8 @@ RECORD_RETRY = RetryPolicy(
 
 Via = Literal["api", "telegram", "timer", "auto"]
 Outcome = Literal["approve", "reject"]
-
-
-async def record(activity: str, fact: BaseModel) -> None:
-    """Write a fact to the database through a `records.*` activity: the one way workflows
-    record, with one timeout and one retry policy."""
-    await workflow.execute_activity(
-        activity, fact, start_to_close_timeout=RECORD_TIMEOUT, retry_policy=RECORD_RETRY
-    )
+# Workflows that took a decision before decisions were carried record each on its own.
+CARRIED_DECISIONS = "decisions-carried-by-the-next-activity"
 
 
 class GateConfig(BaseModel):
@@ -137,6 +132,27 @@ class Gated:
     def __init__(self) -> None:
         self._gate: GateState | None = None
         self._closed: dict[str, GateState] = {}
+        self._unrecorded: list[DecisionRecord] = []
+
+    # --- activities that write ---------------------------------------------------------
+
+    async def carrying(self, activity: str, fact: CarriesDecisions, **options: Any) -> Any:
+        """Run an activity that writes, handing it the decisions not yet recorded. They stay
+        pending until an activity that carried them has succeeded; carrying one twice is
+        harmless, as the writer skips a decision it finds."""
+        carried = list(self._unrecorded)
+        fact.decisions = carried
+        result = await workflow.execute_activity(activity, fact, **options)
+        written = {d.id for d in carried}
+        self._unrecorded = [d for d in self._unrecorded if d.id not in written]
+        return result
+
+    async def record(self, activity: str, fact: CarriesDecisions) -> None:
+        """Write a fact through a `records.*` activity: the one way workflows record, with
+        one timeout and one retry policy."""
+        await self.carrying(
+            activity, fact, start_to_close_timeout=RECORD_TIMEOUT, retry_policy=RECORD_RETRY
+        )
 
     # --- the Update --------------------------------------------------------------------
 
@@ -165,7 +181,7 @@ class Gated:
         # so the handler checks again, and settles before its first await.
         gate = self._check(d)
         gate.settle(d)
-        await self._record_decision(gate, d, workflow.current_update_info())
+        await self._keep(gate, d, workflow.current_update_info())
         return DecisionOut(
             gate_id=gate.id,
             stage=gate.stage,
@@ -179,30 +195,38 @@ class Gated:
     def _validate_decide(self, d: DecisionIn) -> None:
         self._check(d)
 
-    async def _record_decision(
+    async def _keep(
         self, gate: GateState, d: DecisionIn, update: workflow.UpdateInfo | None
     ) -> None:
         # Update ids are unique per workflow; the decisions table is global.
         workflow_id = workflow.info().workflow_id
-        decision_id = f"{workflow_id}/{update.id}" if update else f"{gate.id}/{d.via}"
+        record = DecisionRecord(
+            id=f"{workflow_id}/{update.id}" if update else f"{gate.id}/{d.via}",
+            gate_id=gate.id,
+            resource_kind=self.kind,
+            resource_id=workflow_id,
+            stage=gate.stage,
+            outcome=d.outcome,
+            by=d.by,
+            via=d.via,
+            reason=d.reason,
+            input=d.input,
+            gate_state=gate.state,
+            approvals=list(gate.approvals),
+        )
+        if workflow.patched(CARRIED_DECISIONS):
+            self._unrecorded.append(record)
+            if gate.result is None:
+                # An approval short of the quorum starts nothing that could carry it.
+                await self.record("records.decisions", CarriesDecisions())
+            return
         gate.recording += 1
         try:
-            await record(
+            await workflow.execute_activity(
                 "records.decision",
-                DecisionRecord(
-                    id=decision_id,
-                    gate_id=gate.id,
-                    resource_kind=self.kind,
-                    resource_id=workflow.info().workflow_id,
-                    stage=gate.stage,
-                    outcome=d.outcome,
-                    by=d.by,
-                    via=d.via,
-                    reason=d.reason,
-                    input=d.input,
-                    gate_state=gate.state,
-                    approvals=list(gate.approvals),
-                ),
+                record,
+                start_to_close_timeout=RECORD_TIMEOUT,
+                retry_policy=RECORD_RETRY,
             )
         finally:
             gate.recording -= 1
@@ -224,7 +248,7 @@ class Gated:
         workflow.set_current_details(
             f"**Stage** {stage}\n\n**Gate** {gate.id}: waiting for a decision"
         )
-        await record(
+        await self.record(
             "records.gate_opened",
             GateOpened(
                 gate_id=gate.id,
@@ -256,7 +280,7 @@ class Gated:
                 if deadline is not None and workflow.now() >= deadline:
                     await self._time_out(gate)
                 else:
-                    await record(
+                    await self.record(
                         "records.gate_reminder",
                         GateReminder(
                             gate_id=gate.id,
@@ -266,7 +290,7 @@ class Gated:
                             approvals=list(gate.approvals),
                         ),
                     )
-        # The decision's record must land before anything the workflow does next.
+        # Before decisions were carried, each record had to land before the workflow went on.
         await workflow.wait_condition(lambda: gate.recording == 0)
         self._gate = None
         self._closed[gate.id] = gate
@@ -281,7 +305,7 @@ class Gated:
             gate.result = GateResult(
                 gate_id=gate.id, state="failed", by="timer", via="timer", reason=reason
             )
-            await self._record_decision(
+            await self._keep(
                 gate, DecisionIn(outcome="reject", by="timer", via="timer", reason=reason), None
             )
             return
@@ -297,4 +321,4 @@ class Gated:
 
     async def _decide_alone(self, gate: GateState, d: DecisionIn) -> None:
         gate.settle(d)
-        await self._record_decision(gate, d, None)
+        await self._keep(gate, d, None)

@@ -20,7 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.records import Transition
     from activities.steps import StepInput, StepResult
     from workflows import attributes
-    from workflows.gate import GateConfig, Gated, record
+    from workflows.gate import GateConfig, Gated
 
 WORKER_LOSSES = 2
 STAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
@@ -147,7 +147,7 @@ class JobWorkflow(Gated):
         """Run one stage's command; the error text when it failed, else None."""
         self._set_state("running", stage.name)
         try:
-            await workflow.execute_activity(
+            await self.carrying(
                 "steps.run",
                 StepInput(
                     resource_kind=self.kind,
@@ -205,7 +205,7 @@ class JobWorkflow(Gated):
         changes: dict[str, Any] | None = None,
     ) -> None:
         self._set_state(state, self.stage)
-        await record(
+        await self.record(
             "records.transition",
             Transition(
                 resource_kind=self.kind,

@@ -255,8 +255,8 @@ async def get_job(job_id: str, _: Reader, session: SessionDep) -> JobPublic:
     return await job_public(session, await load_job(session, job_id))
 
 
-async def _open_gate(session: SessionDep, job: Job, stage: str | None) -> GateRow:
-    query = select(GateRow).where(GateRow.resource_id == job.id)
+async def _open_gate(session: SessionDep, job_id: str, stage: str | None) -> GateRow:
+    query = select(GateRow).where(GateRow.resource_id == job_id)
     if stage:
         query = query.where(GateRow.stage == stage)
     rows = list(await session.exec(query.order_by(col(GateRow.opened_at).desc())))
@@ -265,8 +265,10 @@ async def _open_gate(session: SessionDep, job: Job, stage: str | None) -> GateRo
         return open_gate
     if rows:
         raise ApiError(409, "GATE_ALREADY_DECIDED", f"gate {rows[0].id} is already {rows[0].state}")
+    # No gate at all: say whether the job is missing, once, off the decision's hot path.
+    await load_job(session, job_id)
     where = f" for stage {stage!r}" if stage else ""
-    raise ApiError(409, "GATE_NOT_OPEN", f"job {job.id} has no open gate{where}")
+    raise ApiError(409, "GATE_NOT_OPEN", f"job {job_id} has no open gate{where}")
 
 
 async def _decide(
@@ -278,14 +280,13 @@ async def _decide(
     temporal: TemporalDep,
     key: str | None,
 ) -> DecisionOut:
-    job = await load_job(session, job_id)
     gate: GateRow | None = None
     if key:
         # A retried request goes to the gate its first try decided, open or not.
-        earlier = await session.get(Decision, f"{job.id}/{key}")
+        earlier = await session.get(Decision, f"{job_id}/{key}")
         if earlier is not None:
             gate = await session.get(GateRow, earlier.gate_id)
-    gate = gate or await _open_gate(session, job, action.stage)
+    gate = gate or await _open_gate(session, job_id, action.stage)
     data = action.input
     if action.patch is not None:
         data = {**(data or {}), "patch": action.patch}
