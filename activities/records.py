@@ -114,9 +114,13 @@ async def write_decisions(session: AsyncSession, decisions: list[DecisionRecord]
                 reason=d.reason,
                 input=d.input,
                 created_at=utcnow(),
-            ).on_conflict_do_nothing(index_elements=["id"])
+            )
+            .on_conflict_do_nothing(index_elements=["id"])
+            # RETURNING says whether it was added on both databases; through the session,
+            # rowcount did not on PostgreSQL (a skipped row still counted).
+            .returning(col(Decision.id))
         )
-        if added.rowcount == 0:
+        if added.first() is None:
             continue
         gate: dict[str, Any] = {"approvals": d.approvals, "state": d.gate_state}
         if d.gate_state != "open":

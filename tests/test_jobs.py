@@ -37,6 +37,8 @@ async def test_stages_run_in_order_and_stop_at_the_gate(api: Api, admin: httpx.A
     approved = await admin.post(f"/api/v1/jobs/{job_id}/approve", json={"reason": "fine"})
     assert approved.status_code == 200, approved.text
     assert approved.json()["gate_state"] == "approved"
+    # The workflow hands the decision to its next activity; the answer waits for the row.
+    assert len(await decisions_of(api, gate_id)) == 1
     done = await wait_state(admin, job_id, "completed")
     assert done["gates"][0]["decided_by"] == "admin" and done["gates"][0]["via"] == "api"
     types = await event_types(admin, job_id)
