@@ -317,7 +317,8 @@ async def approve(
     key: IdempotencyKeyDep,
     action: GateAction | None = None,
 ) -> DecisionOut:
-    """The job goes on to its next stage once the gate has its approvals."""
+    """The job goes on to its next stage once the gate has its approvals. The answer comes
+    once the decision is on record."""
     return await _decide(
         job_id, action or GateAction(), "approve", principal, session, temporal, key
     )
@@ -332,7 +333,8 @@ async def reject(
     key: IdempotencyKeyDep,
     action: GateAction | None = None,
 ) -> DecisionOut:
-    """The job pauses at the gate; `resume` runs the stage again."""
+    """The job pauses at the gate; `resume` runs the stage again. The answer comes once the
+    decision is on record."""
     return await _decide(
         job_id, action or GateAction(), "reject", principal, session, temporal, key
     )
