@@ -54,6 +54,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=VERSION,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Served by api/routers/docs.py, with their assets from here rather than a CDN.
+        docs_url=None,
+        redoc_url=None,
         openapi_tags=[
             {"name": "auth", "description": "API tokens and their scopes"},
             {"name": "jobs", "description": "Pipeline jobs: stages, gates, events, artifacts"},
@@ -75,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         config.router,
     ):
         app.include_router(router)
+    app.mount(docs.ASSETS, docs.assets(), name="docs-assets")
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

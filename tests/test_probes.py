@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import httpx
@@ -86,7 +87,19 @@ async def test_docs_are_served(api: Api) -> None:
         as_yaml = yaml.safe_load((await client.get("/api/docs/openapi.yaml")).text)
         swagger = await client.get("/api/docs")
         redoc = await client.get("/redoc")
+        # Every script and style the pages load comes from this server, not a CDN.
+        linked = re.findall(r'(?:src|href)="([^"]+)"', swagger.text + redoc.text)
+        fetched = {url: await client.get(url) for url in linked}
     assert spec == as_yaml
     assert "/auth/tokens" in spec["paths"]
     assert {"HTTPBearer", "APIKeyHeader"} <= set(spec["components"]["securitySchemes"])
     assert "swagger-ui" in swagger.text and "redoc" in redoc.text
+    assert {u.rsplit("/", 1)[-1] for u in linked} >= {
+        "swagger-ui-bundle.js",
+        "swagger-ui.css",
+        "redoc.standalone.js",
+        "favicon.png",
+    }
+    for url, answer in fetched.items():
+        assert url.startswith("/docs/assets/") and answer.status_code == 200, url
+        assert len(answer.content) > 1000, url
