@@ -131,6 +131,8 @@ async def test_decision_refusals_have_their_own_codes(api: Api, admin: httpx.Asy
     assert cancel.status_code == 409 and cancel.json()["error_code"] == "JOB_ALREADY_ENDED"
     missing = await admin.get("/api/v1/jobs/job-nope")
     assert missing.status_code == 404 and missing.json()["error_code"] == "JOB_NOT_FOUND"
+    nowhere = await admin.post("/api/v1/jobs/job-nope/approve")
+    assert nowhere.status_code == 404 and nowhere.json()["error_code"] == "JOB_NOT_FOUND"
 
 
 async def test_quorum_allowlist_and_duplicate_approvers(api: Api, admin: httpx.AsyncClient) -> None:
