@@ -1,7 +1,8 @@
 """The operator file (YAML): named pipelines and the gate of each stage.
 
 Its shape follows the operator console's `conf/operator.yaml` (server, security, gates per
-stage), plus `pipelines`, which name stage lists. Unknown sections are kept, not refused.
+stage), plus `pipelines`, which name stage lists. Unknown sections and fields are refused,
+each naming the nearest known one, as the API refuses them.
 """
 
 from __future__ import annotations
@@ -11,27 +12,46 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from settings import LIMITS
+from strict import Name, Strict, Text
 from workflows.gate import GateConfig
-from workflows.jobs import StageSpec
+from workflows.jobs import StageSpec, check_stages
 
 SECRET_KEY = re.compile(r"token|secret|password|passwd|api_key|apikey|private", re.IGNORECASE)
 REDACTED = "***"
 
 
-class Pipeline(BaseModel):
-    description: str = ""
-    stages: list[StageSpec] = Field(min_length=1)
+class ConfigProblem(BaseModel):
+    path: str
+    message: str
 
 
-class OperatorConfig(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class Pipeline(Strict):
+    description: Text = ""
+    stages: list[StageSpec] = Field(min_length=1, max_length=LIMITS.max_stages)
 
-    server: dict[str, Any] = Field(default_factory=dict)
-    security: dict[str, Any] = Field(default_factory=dict)
-    gates: dict[str, GateConfig] = Field(default_factory=dict)
-    pipelines: dict[str, Pipeline] = Field(default_factory=dict)
+    @model_validator(mode="after")
+    def _fits(self) -> Pipeline:
+        check_stages(self.stages)
+        return self
+
+
+Section = dict[str, Any]
+
+
+class OperatorConfig(Strict):
+    """The file's sections. `server`, `security`, `storage`, `pipeline` and `ui` are the
+    operator console's, read and shown but not used; any other section is an error."""
+
+    server: Section = Field(default_factory=dict)
+    security: Section = Field(default_factory=dict)
+    storage: Section = Field(default_factory=dict)
+    pipeline: Section = Field(default_factory=dict)
+    ui: Section = Field(default_factory=dict)
+    gates: dict[Name, GateConfig] = Field(default_factory=dict, max_length=LIMITS.max_stages)
+    pipelines: dict[Name, Pipeline] = Field(default_factory=dict, max_length=LIMITS.max_pipelines)
 
     def stages_for(self, stages: list[StageSpec]) -> list[StageSpec]:
         """Stages with their gate: the stage's own, else the operator file's for its name."""
@@ -42,10 +62,18 @@ class OperatorConfig(BaseModel):
             for s in stages
         ]
 
-
-class ConfigProblem(BaseModel):
-    path: str
-    message: str
+    def warnings(self) -> list[ConfigProblem]:
+        """What is valid but probably not meant: a gate for a stage no pipeline has."""
+        staged = {s.name for p in self.pipelines.values() for s in p.stages}
+        return [
+            ConfigProblem(
+                path=f"gates.{name}",
+                message=f"no pipeline has a stage {name!r}; the gate applies only to jobs "
+                "that name such a stage themselves",
+            )
+            for name in self.gates
+            if name not in staged
+        ]
 
 
 def validate(document: Any) -> tuple[OperatorConfig | None, list[ConfigProblem]]:
@@ -57,7 +85,10 @@ def validate(document: Any) -> tuple[OperatorConfig | None, list[ConfigProblem]]
         return OperatorConfig.model_validate(document), []
     except ValidationError as exc:
         return None, [
-            ConfigProblem(path=".".join(str(p) for p in e["loc"]), message=e["msg"])
+            ConfigProblem(
+                path=".".join(str(p) for p in e["loc"]),
+                message=e["msg"].removeprefix("Value error, "),
+            )
             for e in exc.errors()
         ]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,38 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 VERSION = "0.1.0"
+
+YEAR_S = 365 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what the API accepts. Each keeps accepted work inside what its workflow can
+    run to an end: Temporal's timers, its 2 MB payloads and its 50 MB / 51,200-event history.
+    Request models and workflows check them alike (`strict.py`); the body size is a setting.
+    """
+
+    max_duration_s: float = YEAR_S  # a stage's or a gate's timeout
+    min_reminder_s: float = 1.0  # between two reminders of one gate
+    max_reminders: int = 100  # per opening of a gate; then it waits quietly
+    max_stages: int = 100
+    max_pipelines: int = 100
+    max_spec_bytes: int = 256 * 1024  # a job's stages, as JSON
+    max_params_bytes: int = 64 * 1024  # a job's params, as JSON
+    max_json_bytes: int = 16 * 1024  # a decision's input, an input schema, approval info
+    max_json_depth: int = 32
+    max_argv_items: int = 256
+    max_env_items: int = 100
+    max_list_items: int = 100  # approvers, scopes
+    max_name_chars: int = 200
+    max_text_chars: int = 4000  # reasons, notes, one argv item, one env value
+    max_path_chars: int = 4096
+    max_retries: int = 10
+    max_approvals: int = 100
+    max_int: int = 2**63 - 1  # ids and offsets: what the databases and Temporal hold
+
+
+LIMITS = Limits()
 
 
 class Settings(BaseSettings):
@@ -39,6 +72,12 @@ class Settings(BaseSettings):
     )
     operator_file: Path | None = Field(
         None, description="YAML operator file: named pipelines and the gate of each stage"
+    )
+    max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="A larger request body is refused with 413, unread",
     )
     sse_keepalive_seconds: float = Field(15, gt=0)
     sse_max_seconds: float = Field(600, gt=0, description="An SSE stream closes after this")

@@ -147,6 +147,43 @@ async def write_decisions(session: AsyncSession, decisions: list[DecisionRecord]
         )
 
 
+async def write_transition(session: AsyncSession, t: Transition) -> None:
+    """A resource's new state and its event; at its end, its open gates close with it."""
+    await write_decisions(session, t.decisions)
+    await resources.set_fields(
+        session,
+        t.resource_kind,
+        t.resource_id,
+        state=t.state,
+        stage=t.stage,
+        error=t.error,
+        **t.changes,
+    )
+    if t.final:
+        await close_gates(session, t.resource_id, t.state, t.error or t.message)
+    await events.append(
+        session,
+        t.resource_kind,
+        t.resource_id,
+        t.event_type,
+        stage=t.stage,
+        status=t.state,
+        message=t.message,
+        payload=t.payload,
+        final=t.final,
+    )
+
+
+async def close_gates(session: AsyncSession, resource_id: str, state: str, reason: str) -> None:
+    """Gates still open when their resource ends are closed with the resource's end state
+    (`canceled`, `failed`), so no inbox offers a decision nothing waits for."""
+    await session.exec(
+        sa.update(GateRow)
+        .where(col(GateRow.resource_id) == resource_id, col(GateRow.state) == "open")
+        .values(state=state, decided_at=utcnow(), decided_by="system", via="system", reason=reason)
+    )
+
+
 class Records:
     """Activities bound to the worker's database."""
 
@@ -156,27 +193,7 @@ class Records:
     @activity.defn(name="records.transition")
     async def transition(self, t: Transition) -> None:
         async with self.db.session() as session:
-            await write_decisions(session, t.decisions)
-            await resources.set_fields(
-                session,
-                t.resource_kind,
-                t.resource_id,
-                state=t.state,
-                stage=t.stage,
-                error=t.error,
-                **t.changes,
-            )
-            await events.append(
-                session,
-                t.resource_kind,
-                t.resource_id,
-                t.event_type,
-                stage=t.stage,
-                status=t.state,
-                message=t.message,
-                payload=t.payload,
-                final=t.final,
-            )
+            await write_transition(session, t)
             await session.commit()
 
     @activity.defn(name="records.gate_opened")

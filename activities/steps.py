@@ -97,7 +97,7 @@ class Steps:
         if exit_code != 0:
             # Attempts also count worker crashes, which the retry policy retries on its own.
             raise ApplicationError(
-                f"step {step.stage!r} exited with status {exit_code}",
+                failure(step, exit_code, result.tail),
                 result.model_dump(),
                 type="StepFailed",
                 non_retryable=attempt > step.retries,
@@ -116,7 +116,10 @@ class Steps:
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
             )
-        except OSError as exc:
+        except FileNotFoundError:
+            out.write(f"pilothouse: command not found: {step.argv[0]!r}\n".encode())
+            return NOT_STARTABLE, "failed"
+        except (OSError, ValueError) as exc:
             out.write(f"pilothouse: cannot start {step.argv[0]!r}: {exc}\n".encode())
             return NOT_STARTABLE, "failed"
         # A worker killed mid-step leaves its group running; the next attempt stops it.
@@ -194,6 +197,13 @@ class Steps:
             )
             await session.commit()
         return result
+
+
+def failure(step: StepInput, exit_code: int, tail: list[str]) -> str:
+    """Why a step failed, in words: the exit status and the last line it printed."""
+    text = f"step {step.stage!r} exited with status {exit_code}"
+    last = next((line.strip() for line in reversed(tail) if line.strip()), "")
+    return f"{text}: {last}" if last else text
 
 
 async def stop_group(process: asyncio.subprocess.Process, grace_seconds: float) -> None:

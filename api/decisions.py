@@ -51,11 +51,20 @@ async def updating(call: Awaitable[T]) -> T:
             raise ApiError(STATUS_BY_TYPE[cause.type], cause.type, cause.message) from None
         raise ApiError(409, "UPDATE_REFUSED", str(cause or exc)) from None
     except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            raise ApiError(409, "RESOURCE_NOT_RUNNING", "the workflow has ended") from None
-        if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
-            raise ApiError(503, "TEMPORAL_UNAVAILABLE", f"Temporal did not answer: {exc}") from None
-        raise
+        raise refusal(exc) from None
+
+
+def refusal(exc: RPCError) -> ApiError:
+    """Temporal's answer as an API error: a refusal of the input is the caller's (4xx), and
+    only a Temporal that does not answer is an outage (503)."""
+    if exc.status == RPCStatusCode.NOT_FOUND:
+        return ApiError(409, "RESOURCE_NOT_RUNNING", "the workflow has ended")
+    if exc.status == RPCStatusCode.INVALID_ARGUMENT:
+        # Payloads over Temporal's size limit are refused this way: the body is too large.
+        return ApiError(413, "REFUSED_BY_TEMPORAL", f"body: Temporal refused it: {exc.message}")
+    if exc.status == RPCStatusCode.FAILED_PRECONDITION:
+        return ApiError(409, "RESOURCE_NOT_RUNNING", f"the workflow cannot take it: {exc.message}")
+    return ApiError(503, "TEMPORAL_UNAVAILABLE", f"Temporal did not answer: {exc}")
 
 
 def check_input(gate: GateRow, outcome: Outcome, data: dict[str, Any] | None) -> None:
@@ -83,8 +92,24 @@ async def decide(
     data: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
 ) -> DecisionOut:
-    # A repeated key goes through: Temporal answers it with the first result.
-    if gate.state != "open" and idempotency_key is None:
+    if idempotency_key is not None:
+        # A repeated key goes through (Temporal answers it with the first result), but only
+        # with the request it was first used for.
+        earlier = await session.get(Decision, f"{gate.resource_id}/{idempotency_key}")
+        if earlier is not None and (
+            earlier.gate_id,
+            earlier.outcome,
+            earlier.by,
+            earlier.reason,
+            earlier.input,
+        ) != (gate.id, outcome, by, reason, data):
+            raise ApiError(
+                422,
+                "IDEMPOTENCY_KEY_REUSED",
+                "header.Idempotency-Key: used before for another decision "
+                f"({earlier.outcome} of gate {earlier.gate_id})",
+            )
+    elif gate.state != "open":
         raise ApiError(409, "GATE_ALREADY_DECIDED", f"gate {gate.id} is already {gate.state}")
     check_input(gate, outcome, data)
     handle = temporal.get_workflow_handle(gate.resource_id)

@@ -15,14 +15,26 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 log = logging.getLogger("pilothouse.api")
 
 
+class FieldError(BaseModel):
+    field: str = Field(description="A dotted path: `body.stages.0.gate`, `query.state`")
+    message: str
+    type: str = Field(description="pydantic's error type, `extra_forbidden` for unknown fields")
+
+
 class ErrorBody(BaseModel):
     """The body of every 4xx and 5xx answer."""
 
     detail: str = Field(description="What went wrong, naming the field or resource")
     error_code: str = Field(description="A stable UPPER_SNAKE code to branch on")
     timestamp: str = Field(description="When the error happened, UTC ISO-8601")
-    errors: list[dict[str, Any]] | None = Field(
-        None, description="Each invalid field, for validation errors"
+    field: str | None = Field(
+        None,
+        description="For validation errors: the first invalid field, as a dotted path "
+        "(`body.stages.0.gaet`, `query.state`)",
+        examples=["body.stages.0.gaet"],
+    )
+    errors: list[FieldError] | None = Field(
+        None, description="For validation errors: each invalid field"
     )
 
 
@@ -92,11 +104,21 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"field": _field_name(e.get("loc", ())), "message": e.get("msg", ""), "type": e["type"]}
+            {
+                "field": _field_name(e.get("loc", ())),
+                "message": str(e.get("msg", "")).removeprefix("Value error, "),
+                "type": e["type"],
+            }
             for e in exc.errors()
         ]
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "invalid request"
-        return error_response(422, "VALIDATION_ERROR", detail, errors=errors)
+        return error_response(
+            422,
+            "VALIDATION_ERROR",
+            detail,
+            field=errors[0]["field"] if errors else None,
+            errors=errors,
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

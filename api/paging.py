@@ -8,6 +8,8 @@ from typing import Annotated, Generic, TypeVar
 from fastapi import Depends, Query, Request
 from pydantic import BaseModel, Field
 
+from settings import LIMITS
+
 T = TypeVar("T")
 
 MAX_LIMIT = 100
@@ -32,7 +34,9 @@ class PageParams(BaseModel):
 
 
 async def _page_params(
-    skip: Annotated[int, Query(ge=0, description="How many items to pass over")] = 0,
+    skip: Annotated[
+        int, Query(ge=0, le=LIMITS.max_int, description="How many items to pass over")
+    ] = 0,
     limit: Annotated[
         int, Query(ge=1, le=MAX_LIMIT, description=f"Page size, at most {MAX_LIMIT}")
     ] = 50,

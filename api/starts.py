@@ -16,7 +16,9 @@ from temporalio.common import (
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
 )
+from temporalio.service import RPCError, RPCStatusCode
 
+from api.decisions import refusal
 from api.errors import ApiError, not_found
 from api.metrics import WORKFLOW_STARTS
 from settings import Settings
@@ -89,6 +91,8 @@ async def create_and_start(
     except Exception as exc:
         if fresh:
             await _undo(session, row)
+        if isinstance(exc, RPCError) and exc.status == RPCStatusCode.INVALID_ARGUMENT:
+            raise refusal(exc) from None
         raise ApiError(503, "TEMPORAL_UNAVAILABLE", f"could not start the {kind}: {exc}") from None
     if fresh:
         WORKFLOW_STARTS.labels(kind).inc()

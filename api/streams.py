@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import make_url
 
+from settings import LIMITS
 from store import events
 from store.engine import Database, is_sqlite
 from store.models import Event
@@ -165,6 +166,15 @@ class EventHub:
                 await self._fetch(resource_id)
             except Exception:
                 log.exception("could not read events of %s", resource_id)
+
+
+def resume_from(last_event_id: str | None, after: int) -> int:
+    """Where a stream starts: after `Last-Event-ID` when it is an event id, else `after`."""
+    if last_event_id is not None and last_event_id.strip().isdigit():
+        value = int(last_event_id)
+        if value <= LIMITS.max_int:
+            return value
+    return after
 
 
 def event_json(event: Event) -> dict[str, Any]:

@@ -18,6 +18,8 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.records import CarriesDecisions, DecisionRecord, GateOpened, GateReminder
+    from settings import LIMITS
+    from strict import Id, JsonObject, JsonSchema, Name, Strict, Text
     from workflows import attributes
 
 RECORD_TIMEOUT = timedelta(seconds=30)
@@ -31,39 +33,59 @@ Outcome = Literal["approve", "reject"]
 CARRIED_DECISIONS = "decisions-carried-by-the-next-activity"
 
 
-class GateConfig(BaseModel):
+class GateConfig(Strict):
     """How a gate decides. `timeout_minutes` is the operator file's spelling."""
 
     required: bool = True
     auto_approve: bool = False
-    timeout_seconds: float | None = Field(None, gt=0)
-    timeout_minutes: float | None = Field(None, gt=0)
+    auto_approve_after_s: float | None = Field(
+        None,
+        gt=0,
+        le=LIMITS.max_duration_s,
+        description="The operator file's timer: with `auto_approve`, approve after this long",
+    )
+    timeout_seconds: float | None = Field(None, gt=0, le=LIMITS.max_duration_s)
+    timeout_minutes: float | None = Field(None, gt=0, le=LIMITS.max_duration_s / 60)
     on_timeout: Literal["approve", "reject", "fail"] = "reject"
-    required_approvals: int = Field(1, ge=1, le=100)
-    approvers: list[str] = Field(default_factory=list)
-    reminder_every_seconds: float | None = Field(None, gt=0)
+    required_approvals: int = Field(1, ge=1, le=LIMITS.max_approvals)
+    approvers: list[Name] = Field(default_factory=list, max_length=LIMITS.max_list_items)
+    reminder_every_seconds: float | None = Field(
+        None, ge=LIMITS.min_reminder_s, le=LIMITS.max_duration_s
+    )
     reason_required_on_reject: bool = True
-    input_schema: dict[str, Any] | None = None
+    input_schema: JsonSchema | None = Field(
+        None, description="A JSON Schema (2020-12) that a decision's `input` must match"
+    )
 
     @model_validator(mode="after")
     def _one_timeout(self) -> GateConfig:
+        given = [
+            f
+            for f in ("timeout_seconds", "timeout_minutes", "auto_approve_after_s")
+            if getattr(self, f) is not None
+        ]
+        if len(given) > 1:
+            raise ValueError(f"give one of {' and '.join(given)}, not both")
         if self.timeout_minutes is not None:
-            if self.timeout_seconds is not None:
-                raise ValueError("give timeout_seconds or timeout_minutes, not both")
             self.timeout_seconds = self.timeout_minutes * 60
             self.timeout_minutes = None
+        if self.auto_approve_after_s is not None:
+            if self.auto_approve:
+                self.timeout_seconds, self.on_timeout = self.auto_approve_after_s, "approve"
+                self.auto_approve = False
+            self.auto_approve_after_s = None
         return self
 
 
-class DecisionIn(BaseModel):
+class DecisionIn(Strict):
     """One decision on one gate. `by` is the caller's identity, never the body's."""
 
-    gate_id: str | None = Field(None, description="The gate; the open one when absent")
+    gate_id: Id | None = Field(None, description="The gate; the open one when absent")
     outcome: Outcome
-    by: str
+    by: Name
     via: Via = "api"
-    reason: str | None = None
-    input: dict[str, Any] | None = None
+    reason: Text | None = None
+    input: JsonObject | None = None
 
 
 class DecisionOut(BaseModel):
@@ -264,11 +286,14 @@ class Gated:
         )
         if config.auto_approve and auto_approve_allowed:
             await self._decide_alone(gate, DecisionIn(outcome="approve", by="auto", via="auto"))
+        reminders = 0
         while gate.result is None:
             now = workflow.now()
+            # Reminders stop after a bound, so a gate that waits long stays within history.
+            remind = reminders < LIMITS.max_reminders
             waits = [
                 (deadline - now).total_seconds() if deadline else None,
-                config.reminder_every_seconds,
+                config.reminder_every_seconds if remind else None,
             ]
             wait = min((w for w in waits if w is not None), default=None)
             try:
@@ -280,6 +305,7 @@ class Gated:
                 if deadline is not None and workflow.now() >= deadline:
                     await self._time_out(gate)
                 else:
+                    reminders += 1
                     await self.record(
                         "records.gate_reminder",
                         GateReminder(

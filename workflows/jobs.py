@@ -8,44 +8,96 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from activities.records import Transition
+    from activities.records import CarriesDecisions, Transition
     from activities.steps import StepInput, StepResult
+    from settings import LIMITS
+    from strict import Params, PathText, Strict, Text, check_json, explain
     from workflows import attributes
     from workflows.gate import GateConfig, Gated
 
 WORKER_LOSSES = 2
 STAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,199}$"
 JobState = Literal[
     "queued", "running", "needs_approval", "paused", "completed", "failed", "canceled"
 ]
+# Failed jobs end their workflow failed (before, it completed with a `failed` outcome).
+FAILED_WORKFLOWS = "failed-jobs-fail-their-workflow"
 
 
-class StageSpec(BaseModel):
-    name: str = Field(pattern=STAGE_NAME)
-    run: list[str] = Field(min_length=1, description="The argv of the stage's command")
-    cwd: str | None = None
-    env: dict[str, str] = Field(default_factory=dict)
-    timeout_seconds: float | None = Field(None, gt=0)
-    retries: int = Field(0, ge=0, le=10, description="Extra attempts after a failure")
+class StageSpec(Strict):
+    name: str = Field(pattern=STAGE_NAME, description="Unique in its job")
+    run: list[Text] = Field(
+        min_length=1,
+        max_length=LIMITS.max_argv_items,
+        description="The argv of the stage's command",
+    )
+    cwd: PathText | None = None
+    env: dict[Annotated[str, Field(pattern=ENV_NAME)], Text] = Field(
+        default_factory=dict, max_length=LIMITS.max_env_items
+    )
+    timeout_seconds: float | None = Field(None, gt=0, le=LIMITS.max_duration_s)
+    retries: int = Field(
+        0, ge=0, le=LIMITS.max_retries, description="Extra attempts after a failure"
+    )
     gate: GateConfig | None = Field(None, description="The gate after this stage; none when absent")
+
+    @field_validator("run")
+    @classmethod
+    def _program(cls, run: list[str]) -> list[str]:
+        if not run[0]:
+            raise ValueError("the program (the first item) is empty")
+        return run
+
+
+class JobSpec(Strict):
+    """What a job runs. The API checks it at create; the workflow checks it again, so input
+    that reached Temporal some other way ends the job `failed` rather than stuck."""
+
+    stages: list[StageSpec] = Field(min_length=1, max_length=LIMITS.max_stages)
+    params: Params = Field(default_factory=dict, description="Given to every stage")
+
+    @model_validator(mode="after")
+    def _fits(self) -> JobSpec:
+        check_stages(self.stages)
+        return self
+
+
+def check_stages(stages: list[StageSpec]) -> None:
+    """Stage names are unique, and all the stages together fit in a workflow's input."""
+    names = [s.name for s in stages]
+    if len(names) != len(set(names)):
+        raise ValueError("stages: names must be unique")
+    check_json([s.model_dump(mode="json") for s in stages], LIMITS.max_spec_bytes)
+
+
+class JobPlace(BaseModel):
+    """Where a job continued as new picks up: the next stage, the gates opened so far."""
+
+    index: int
+    openings: dict[str, int]
 
 
 class JobInput(BaseModel):
+    """Loosely typed on purpose: it always decodes, and `JobSpec` checks it in the workflow."""
+
     job_id: str
-    stages: list[StageSpec] = Field(min_length=1)
+    stages: list[dict[str, Any]]
     params: dict[str, Any] = Field(default_factory=dict)
     auto_approve_allowed: bool = True
     heartbeat_timeout_seconds: float = 5
     kill_grace_seconds: float = 15
+    place: JobPlace | None = None
 
 
 class JobOutcome(BaseModel):
@@ -64,10 +116,14 @@ class ResumeOut(BaseModel):
     stage: str | None
 
 
+class JobFailed(ApplicationError):
+    """A job that ended `failed`, already recorded; the type says why."""
+
+
 def step_env(stage: StageSpec, params: dict[str, Any]) -> dict[str, str]:
     env = {"PILOTHOUSE_PARAMS": json.dumps(params, sort_keys=True), "PILOTHOUSE_STAGE": stage.name}
     for key, value in params.items():
-        if isinstance(value, str | int | float | bool):
+        if isinstance(value, str | int | float | bool) and re.match(ENV_NAME, key):
             env[f"PARAM_{key.upper()}"] = str(value)
     return env | stage.env
 
@@ -84,6 +140,7 @@ class JobWorkflow(Gated):
         self.state: JobState = "queued"
         self.stage: str | None = None
         self._resume: ResumeIn | None = None
+        self._ended = False
 
     @workflow.run
     async def run(self, job: JobInput) -> JobOutcome:
@@ -91,22 +148,38 @@ class JobWorkflow(Gated):
             outcome = await self._run(job)
             await workflow.wait_condition(workflow.all_handlers_finished)
             return outcome
-        except (asyncio.CancelledError, ActivityError) as err:
-            if not is_cancelled_exception(err):
-                raise
-            # The step's process group is gone (WAIT_CANCELLATION_COMPLETED); say so, then
-            # end as canceled so the Temporal UI agrees with the database.
-            await self._transition("canceled", "job_canceled", "job canceled", final=True)
+        except asyncio.CancelledError:
+            await self._canceled()
             raise
+        except Exception as err:
+            if is_cancelled_exception(err):
+                await self._canceled()
+                raise
+            if self._ended or isinstance(err, workflow.NondeterminismError):
+                raise
+            # Whatever the workflow cannot handle ends the job failed, never a workflow task
+            # that fails forever with the job stuck in its last state.
+            return await self._fail(f"internal error: {type(err).__name__}: {err}", "InternalError")
+
+    async def _canceled(self) -> None:
+        # The step's process group is gone (WAIT_CANCELLATION_COMPLETED); say so, then end
+        # as canceled so the Temporal UI agrees with the database.
+        await self._transition("canceled", "job_canceled", "job canceled", final=True)
 
     async def _run(self, job: JobInput) -> JobOutcome:
-        index = 0
-        openings: dict[str, int] = {}
-        while index < len(job.stages):
-            stage = job.stages[index]
+        try:
+            spec = JobSpec.model_validate({"stages": job.stages, "params": job.params})
+        except ValidationError as exc:
+            return await self._fail(f"invalid job: {explain(exc)}", "InvalidJob")
+        place = job.place or JobPlace(index=0, openings={})
+        index, openings = place.index, dict(place.openings)
+        while index < len(spec.stages):
+            if workflow.info().is_continue_as_new_suggested():
+                await self._continue_as_new(job, JobPlace(index=index, openings=openings))
+            stage = spec.stages[index]
             error = await self._run_stage(job, stage)
             if error is not None:
-                return await self._fail(error)
+                return await self._fail(error, "StageFailed")
             gate = stage.gate
             if gate is None or not gate.required:
                 index += 1
@@ -119,7 +192,7 @@ class JobWorkflow(Gated):
             if result.state == "approved":
                 index += 1
             elif result.state == "failed":
-                return await self._fail(f"gate {result.gate_id}: {result.reason}")
+                return await self._fail(f"gate {result.gate_id}: {result.reason}", "GateFailed")
             else:
                 await self._transition(
                     "paused",
@@ -142,6 +215,14 @@ class JobWorkflow(Gated):
         self.stage = None
         await self._transition("completed", "job_completed", "job completed", final=True)
         return JobOutcome(state="completed", stage=None)
+
+    async def _continue_as_new(self, job: JobInput, place: JobPlace) -> None:
+        """Go on in a new run before the history reaches Temporal's limit, with the job's
+        place and params; decisions not yet recorded are recorded first."""
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        if self._unrecorded:
+            await self.record("records.decisions", CarriesDecisions())
+        workflow.continue_as_new(job.model_copy(update={"params": self.params, "place": place}))
 
     async def _run_stage(self, job: JobInput, stage: StageSpec) -> str | None:
         """Run one stage's command; the error text when it failed, else None."""
@@ -187,10 +268,14 @@ class JobWorkflow(Gated):
         workflow.upsert_search_attributes([attributes.STATE.value_set(state)])
         workflow.set_current_details(f"**State** {state}\n\n**Stage** {stage or '-'}")
 
-    async def _fail(self, error: str) -> JobOutcome:
+    async def _fail(self, error: str, kind: str) -> JobOutcome:
+        """Record the job failed, then end the workflow failed with `kind` as its type."""
         await self._transition(
             "failed", "job_failed", error, payload={"error": error}, error=error, final=True
         )
+        self._ended = True
+        if workflow.patched(FAILED_WORKFLOWS):
+            raise JobFailed(error, type=kind, non_retryable=True)
         return JobOutcome(state="failed", stage=self.stage, error=error)
 
     async def _transition(

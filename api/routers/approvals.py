@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, status
+from fastapi import Query, status
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
@@ -15,13 +15,16 @@ from api import decisions
 from api.auth import require
 from api.deps import IdempotencyKeyDep, NewWorkAllowed, SessionDep, SettingsDep, TemporalDep
 from api.errors import ApiError, ErrorBody, not_found
+from api.route import strict_router
 from api.starts import create_and_start
+from settings import LIMITS
 from store.models import ApprovalRequest, GateRow, utcnow
 from store.tokens import Principal, Scope
+from strict import JsonObject, Name, Strict
 from workflows.approvals import ApprovalInput, ApprovalWorkflow
 from workflows.gate import GateConfig
 
-router = APIRouter(
+router = strict_router(
     tags=["approvals"],
     responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: {"model": ErrorBody}},
 )
@@ -34,17 +37,28 @@ GOVERNANCE = "governance"
 RESPONSE_METHOD = {"api": "dashboard", "telegram": "telegram", "auto": "auto", "timer": "timeout"}
 
 
-class ApprovalRequestIn(BaseModel):
-    run_id: str = Field(min_length=1, max_length=200)
-    phase_id: str = Field(min_length=1, max_length=200)
-    context: str = Field("unknown", max_length=100, examples=["build113_risky_decision"])
-    decision_info: dict[str, Any] = Field(default_factory=dict)
-    deletion_info: dict[str, Any] = Field(default_factory=dict)
-    timeout_minutes: float = Field(15, gt=0, description="Then `on_timeout` decides")
+class ApprovalRequestIn(Strict):
+    """An outside executor asks a human. `context: governance` makes it a governance request:
+    listed by `/governance/pending`, decided by `/governance/approve/{id}`, and denied
+    without a reason."""
+
+    run_id: Name = Field(description="The executor's run")
+    phase_id: Name = Field(description="The phase that waits")
+    context: str = Field(
+        "unknown",
+        max_length=100,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        examples=["build113_risky_decision", "governance"],
+    )
+    decision_info: JsonObject = Field(default_factory=dict, description="Shown to the approver")
+    deletion_info: JsonObject = Field(default_factory=dict, description="Shown to the approver")
+    timeout_minutes: float = Field(
+        15, gt=0, le=LIMITS.max_duration_s / 60, description="Then `on_timeout` decides"
+    )
     on_timeout: Literal["approve", "reject", "fail"] = "reject"
     auto_approve: bool = False
-    required_approvals: int = Field(1, ge=1, le=100)
-    approvers: list[str] = Field(default_factory=list)
+    required_approvals: int = Field(1, ge=1, le=LIMITS.max_approvals)
+    approvers: list[Name] = Field(default_factory=list, max_length=LIMITS.max_list_items)
 
 
 class ApprovalRequested(BaseModel):
@@ -166,7 +180,9 @@ async def request_approval(
         },
         workflow=ApprovalWorkflow.run,
         workflow_input=lambda row: ApprovalInput(
-            approval_id=row.id, gate=gate, auto_approve_allowed=settings.auto_approve
+            approval_id=row.id,
+            gate=gate.model_dump(mode="json"),
+            auto_approve_allowed=settings.auto_approve,
         ),
         summary=lambda row: f"Approval for {row.run_id}/{row.phase_id}: {row.context}",
     )
@@ -272,7 +288,8 @@ async def governance_approve(
     key: IdempotencyKeyDep,
     approved: Annotated[bool, Query(description="true approves, false denies")] = True,
     user_id: Annotated[
-        str | None, Query(description="Ignored: the token's identity is recorded")
+        str | None,
+        Query(max_length=LIMITS.max_name_chars, description="Ignored: the token's identity"),
     ] = None,
 ) -> GovernanceDecision:
     row = await session.get(ApprovalRequest, request_id)

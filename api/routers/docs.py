@@ -7,7 +7,7 @@ from __future__ import annotations
 from importlib.resources import files
 
 import yaml
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from fastapi.openapi.docs import (
     get_redoc_html,
     get_swagger_ui_html,
@@ -16,9 +16,11 @@ from fastapi.openapi.docs import (
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from api.route import strict_router
+
 ASSETS = "/docs/assets"
 
-router = APIRouter(include_in_schema=False)
+router = strict_router(include_in_schema=False)
 
 
 def assets() -> StaticFiles:

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Query, Request
+from fastapi import Query, Request
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
@@ -15,11 +15,13 @@ from api.auth import require
 from api.deps import IdempotencyKeyDep, SessionDep, TemporalDep
 from api.errors import ErrorBody, not_found
 from api.paging import Page, PageQuery, page
+from api.route import strict_router
 from store.models import GateRow
 from store.tokens import Principal, Scope
+from strict import JsonObject, Strict, Text
 from workflows.gate import DecisionOut
 
-router = APIRouter(
+router = strict_router(
     prefix="/api/v1",
     tags=["approvals"],
     responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: {"model": ErrorBody}},
@@ -31,7 +33,9 @@ class GatePublic(BaseModel):
     resource_kind: str
     resource_id: str
     stage: str
-    state: str = Field(description="open, approved, rejected or failed")
+    state: str = Field(
+        description="open, approved, rejected, or failed or canceled (with its resource)"
+    )
     opened_at: datetime
     deadline: datetime | None
     approvals: list[str]
@@ -66,13 +70,13 @@ def gate_public(gate: GateRow) -> GatePublic:
     )
 
 
-class DecideRequest(BaseModel):
+class DecideRequest(Strict):
     outcome: Literal["approve", "reject"]
-    reason: str | None = None
-    input: dict[str, Any] | None = None
+    reason: Text | None = Field(None, description="Why; rejecting needs one unless the gate says")
+    input: JsonObject | None = Field(None, description="Checked against the gate's input schema")
 
 
-GATE_STATES = {"pending": "open", "open": "open", "approved": "approved", "rejected": "rejected"}
+GATE_STATES = {"pending": "open"}
 
 
 @router.get("/approvals", summary="List gates: the approval inbox")
@@ -82,10 +86,12 @@ async def list_gates(
     session: SessionDep,
     params: PageQuery,
     state: Annotated[
-        Literal["pending", "open", "approved", "rejected", "failed"] | None,
+        Literal["pending", "open", "approved", "rejected", "failed", "canceled"] | None,
         Query(description="`pending` (or `open`) lists what waits for a decision"),
     ] = "pending",
-    resource_kind: Annotated[str | None, Query(description="job, run, task, approval")] = None,
+    resource_kind: Annotated[
+        str | None, Query(max_length=20, description="job, run, task, approval")
+    ] = None,
 ) -> Page[GatePublic]:
     """Open gates first by age, across every family, with what each still needs."""
     query = select(GateRow)

@@ -8,12 +8,12 @@ from typing import Annotated, Any
 
 import jsonpatch
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, Header, Query, Request, status
+from fastapi import Depends, Header, Query, Request, status
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field, model_validator
 from sqlmodel import col, select
 
-from api import decisions
+from api import cancels, decisions
 from api.auth import require
 from api.deps import (
     DatabaseDep,
@@ -25,17 +25,28 @@ from api.deps import (
 )
 from api.errors import ApiError, ErrorBody, not_found
 from api.paging import Page, PageQuery, page
+from api.route import strict_router
 from api.routers.gates import GatePublic, gate_public
 from api.starts import create_and_start
-from api.streams import EventHub, event_json, sse
+from api.streams import EventHub, event_json, resume_from, sse
 from operator_file import OperatorConfig
+from settings import LIMITS
 from store import events
 from store.models import Artifact, Decision, GateRow, Job
 from store.tokens import Principal, Scope
+from strict import JsonObject, Name, Params, Patch, Strict, Text, check_json
 from workflows.gate import DecisionOut, Outcome
-from workflows.jobs import JobInput, JobWorkflow, ResumeIn, ResumeOut, StageSpec
+from workflows.jobs import (
+    JobInput,
+    JobState,
+    JobWorkflow,
+    ResumeIn,
+    ResumeOut,
+    StageSpec,
+    check_stages,
+)
 
-router = APIRouter(
+router = strict_router(
     prefix="/api/v1",
     tags=["jobs"],
     responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: {"model": ErrorBody}},
@@ -47,23 +58,24 @@ Approver = Annotated[Principal, require(Scope.approvals_write)]
 TERMINAL = ("completed", "failed", "canceled")
 
 
-class JobCreate(BaseModel):
+class JobCreate(Strict):
     """Either a pipeline named in the operator file, or the stages themselves."""
 
-    pipeline: str | None = Field(None, description="A pipeline of the operator file")
-    stages: list[StageSpec] | None = Field(None, description="Stages, when no pipeline is named")
-    params: dict[str, Any] = Field(default_factory=dict, description="Given to every stage")
+    pipeline: Name | None = Field(None, description="A pipeline of the operator file")
+    stages: list[StageSpec] | None = Field(
+        None,
+        min_length=1,
+        max_length=LIMITS.max_stages,
+        description="Stages, when no pipeline is named",
+    )
+    params: Params = Field(default_factory=dict, description="Given to every stage")
 
     @model_validator(mode="after")
     def _one_source(self) -> JobCreate:
         if (self.pipeline is None) == (self.stages is None):
             raise ValueError("give either pipeline or stages")
         if self.stages is not None:
-            names = [s.name for s in self.stages]
-            if len(names) != len(set(names)):
-                raise ValueError("stages: names must be unique")
-            if not names:
-                raise ValueError("stages: give at least one stage")
+            check_stages(self.stages)
         return self
 
 
@@ -82,25 +94,21 @@ class JobPublic(BaseModel):
     open_gate: GatePublic | None = None
 
 
-class GateAction(BaseModel):
+class GateAction(Strict):
     """Approve or reject the open gate. Accepts the operator console's `GateAction` fields."""
 
-    reason: str | None = Field(None, description="Why; required to reject unless the gate says")
-    notes: str | None = Field(None, description="The console's name for `reason`")
-    stage: str | None = Field(None, description="The stage whose gate to decide")
-    operator: str | None = Field(None, description="Ignored: the token's identity decides")
-    decision: str | None = Field(None, description="Ignored: the endpoint decides")
-    patch: dict[str, Any] | list[dict[str, Any]] | None = Field(
-        None, description="On reject: a params patch that resume applies"
-    )
-    input: dict[str, Any] | None = Field(None, description="Checked against the gate's schema")
+    reason: Text | None = Field(None, description="Why; required to reject unless the gate says")
+    notes: Text | None = Field(None, description="The console's name for `reason`")
+    stage: Name | None = Field(None, description="The stage whose gate to decide")
+    operator: Name | None = Field(None, description="Ignored: the token's identity decides")
+    decision: Name | None = Field(None, description="Ignored: the endpoint decides")
+    patch: Patch | None = Field(None, description="On reject: a params patch that resume applies")
+    input: JsonObject | None = Field(None, description="Checked against the gate's schema")
 
 
-class ResumeRequest(BaseModel):
-    params: dict[str, Any] | None = Field(None, description="Merged into the job's params")
-    patch: dict[str, Any] | list[dict[str, Any]] | None = Field(
-        None, description="A JSON Patch (RFC 6902) on the params"
-    )
+class ResumeRequest(Strict):
+    params: Params | None = Field(None, description="Merged into the job's params")
+    patch: Patch | None = Field(None, description="A JSON Patch (RFC 6902) on the params")
 
 
 class Message(BaseModel):
@@ -152,17 +160,28 @@ async def load_job(session: SessionDep, job_id: str) -> Job:
     return job
 
 
-async def job_public(session: SessionDep, job: Job) -> JobPublic:
+async def jobs_public(session: SessionDep, jobs: list[Job]) -> list[JobPublic]:
+    """Jobs with their gates, read in one query for the whole list."""
     rows = await session.exec(
-        select(GateRow).where(GateRow.resource_id == job.id).order_by(col(GateRow.opened_at))
+        select(GateRow)
+        .where(col(GateRow.resource_id).in_([j.id for j in jobs]))
+        .order_by(col(GateRow.opened_at))
     )
-    gates = [gate_public(g) for g in rows]
-    return JobPublic(
-        **job.model_dump(exclude={"stages"}),
-        stages=job.stages,
-        gates=gates,
-        open_gate=next((g for g in gates if g.state == "open"), None),
-    )
+    gates: dict[str, list[GatePublic]] = {}
+    for row in rows:
+        gates.setdefault(row.resource_id, []).append(gate_public(row))
+    public = []
+    for job in jobs:
+        own = gates.get(job.id, [])
+        public.append(
+            JobPublic(
+                **job.model_dump(exclude={"stages"}),
+                stages=job.stages,
+                gates=own,
+                open_gate=next((g for g in own if g.state == "open"), None),
+            )
+        )
+    return public
 
 
 @router.post(
@@ -218,7 +237,7 @@ async def create_job(
         workflow=JobWorkflow.run,
         workflow_input=lambda job: JobInput(
             job_id=job.id,
-            stages=[StageSpec.model_validate(s) for s in job.stages],
+            stages=job.stages,
             params=job.params,
             auto_approve_allowed=settings.auto_approve,
         ),
@@ -233,8 +252,11 @@ async def list_jobs(
     _: Reader,
     session: SessionDep,
     params: PageQuery,
-    state: Annotated[str | None, Query(description="Only jobs in this state")] = None,
-    pipeline: Annotated[str | None, Query(description="Only jobs of this pipeline")] = None,
+    state: Annotated[JobState | None, Query(description="Only jobs in this state")] = None,
+    pipeline: Annotated[
+        str | None,
+        Query(max_length=LIMITS.max_name_chars, description="Only jobs of this pipeline"),
+    ] = None,
 ) -> Page[JobPublic]:
     """Newest first, from the database (never a fan-out to Temporal)."""
     query = select(Job)
@@ -246,13 +268,13 @@ async def list_jobs(
     rows = await session.exec(
         query.order_by(col(Job.created_at).desc()).offset(params.skip).limit(params.limit)
     )
-    items = [JobPublic(**j.model_dump()) for j in rows]
-    return page(request, items, int(total), params)
+    return page(request, await jobs_public(session, list(rows)), int(total), params)
 
 
 @router.get("/jobs/{job_id}", summary="Get a job with its gates")
 async def get_job(job_id: str, _: Reader, session: SessionDep) -> JobPublic:
-    return await job_public(session, await load_job(session, job_id))
+    [job] = await jobs_public(session, [await load_job(session, job_id)])
+    return job
 
 
 async def _open_gate(session: SessionDep, job_id: str, stage: str | None) -> GateRow:
@@ -269,6 +291,29 @@ async def _open_gate(session: SessionDep, job_id: str, stage: str | None) -> Gat
     await load_job(session, job_id)
     where = f" for stage {stage!r}" if stage else ""
     raise ApiError(409, "GATE_NOT_OPEN", f"job {job_id} has no open gate{where}")
+
+
+def patched(
+    job: Job, params: dict[str, Any] | None, patch: dict[str, Any] | list[Any] | None
+) -> dict[str, Any]:
+    """The job's params with `params` merged in and `patch` applied: still an object, and
+    within the bounds a job's params have, or a 422."""
+    result: Any = {**job.params, **(params or {})}
+    if patch is not None:
+        ops = patch if isinstance(patch, list) else [patch]
+        try:
+            result = jsonpatch.apply_patch(result, ops)
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+            raise ApiError(422, "INVALID_PATCH", f"patch: {exc}") from None
+        except (TypeError, ValueError, KeyError, IndexError) as exc:
+            raise ApiError(422, "INVALID_PATCH", f"patch: cannot apply: {exc}") from None
+    if not isinstance(result, dict):
+        raise ApiError(422, "INVALID_PATCH", "patch: the params must stay a JSON object")
+    try:
+        check_json(result, LIMITS.max_params_bytes)
+    except ValueError as exc:
+        raise ApiError(422, "INVALID_PATCH", f"patch: the patched params: {exc}") from None
+    return result
 
 
 async def _decide(
@@ -289,6 +334,8 @@ async def _decide(
     gate = gate or await _open_gate(session, job_id, action.stage)
     data = action.input
     if action.patch is not None:
+        # Checked now, on the params the job has now, not when the job resumes.
+        patched(await load_job(session, job_id), None, action.patch)
         data = {**(data or {}), "patch": action.patch}
     return await decisions.decide(
         temporal,
@@ -370,15 +417,9 @@ async def resume(
         ).first()
         if rejection is not None and rejection.input:
             patch = rejection.input.get("patch")
-    params: dict[str, Any] | None = None
+    params = None
     if body.params is not None or patch is not None:
-        params = {**job.params, **(body.params or {})}
-        if patch is not None:
-            ops = patch if isinstance(patch, list) else [patch]
-            try:
-                params = jsonpatch.apply_patch(params, ops)
-            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
-                raise ApiError(422, "INVALID_PATCH", f"patch: {exc}") from None
+        params = patched(job, body.params, patch)
     handle = temporal.get_workflow_handle(job_id)
     return await decisions.updating(
         handle.execute_update(
@@ -394,13 +435,18 @@ async def resume(
     summary="Cancel a job",
     responses={409: {"model": ErrorBody, "description": "The job has already ended"}},
 )
-async def cancel(job_id: str, _: Writer, session: SessionDep, temporal: TemporalDep) -> Message:
-    """Kills the running step's process group; the job ends `canceled`."""
+async def cancel(
+    job_id: str, principal: Writer, session: SessionDep, temporal: TemporalDep
+) -> Message:
+    """Kills the running step's process group; the job ends `canceled`. A job whose
+    workflow cannot take the request (its task keeps failing) is terminated, and a job
+    whose workflow ended without saying so is recorded as ended: `state` says which."""
     job = await load_job(session, job_id)
     if job.state in TERMINAL:
         raise ApiError(409, "JOB_ALREADY_ENDED", f"job {job_id} is already {job.state}")
-    await decisions.updating(temporal.get_workflow_handle(job_id).cancel())
-    return Message(message="cancel requested", state="canceling")
+    state = await cancels.cancel(session, temporal, "job", job_id, principal.name)
+    message = "cancel requested" if state == "canceling" else f"job {state}"
+    return Message(message=message, state=state)
 
 
 @router.get("/jobs/{job_id}/events", summary="Poll a job's events")
@@ -408,7 +454,9 @@ async def job_events(
     job_id: str,
     _: Reader,
     session: SessionDep,
-    after: Annotated[int, Query(ge=0, description="Only events with a larger id")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=LIMITS.max_int, description="Only events with a larger id")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> EventsPage:
     await load_job(session, job_id)
@@ -436,8 +484,17 @@ async def job_event_stream(
     _: Reader,
     db: DatabaseDep,
     settings: SettingsDep,
-    last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0)] = None,
-    after: Annotated[int, Query(ge=0, description="Replay events after this id")] = 0,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            alias="Last-Event-ID",
+            max_length=40,
+            description="The last id seen; one that is not an event id starts afresh",
+        ),
+    ] = None,
+    after: Annotated[
+        int, Query(ge=0, le=LIMITS.max_int, description="Replay events after this id")
+    ] = 0,
 ) -> StreamingResponse:
     """`connected`, then every event with its `id:`, live, then `done` when the job ends.
 
@@ -457,7 +514,7 @@ async def job_event_stream(
     stream = sse(
         hub,
         job_id,
-        last_event_id if last_event_id is not None else after,
+        resume_from(last_event_id, after),
         {"job_id": job_id, "status": job.state},
         ended,
         settings.sse_keepalive_seconds,
@@ -471,19 +528,31 @@ async def job_event_stream(
 
 
 @router.get("/jobs/{job_id}/artifacts", summary="List a job's artifacts")
-async def job_artifacts(job_id: str, _: Reader, session: SessionDep) -> list[ArtifactPublic]:
+async def job_artifacts(
+    request: Request, job_id: str, _: Reader, session: SessionDep, params: PageQuery
+) -> Page[ArtifactPublic]:
+    """Oldest first. Download one at `/api/v1/jobs/{job_id}/artifacts/{artifact_id}`."""
     await load_job(session, job_id)
+    query = select(Artifact).where(Artifact.resource_id == job_id)
+    total = (await session.exec(select(sa.func.count()).select_from(query.subquery()))).one()
     rows = await session.exec(
-        select(Artifact).where(Artifact.resource_id == job_id).order_by(col(Artifact.created_at))
+        query.order_by(col(Artifact.created_at)).offset(params.skip).limit(params.limit)
     )
-    return [ArtifactPublic.model_validate(a, from_attributes=True) for a in rows]
+    items = [ArtifactPublic.model_validate(a, from_attributes=True) for a in rows]
+    return page(request, items, int(total), params)
 
 
 @router.get(
     "/jobs/{job_id}/artifacts/{artifact_id}",
     summary="Download one artifact",
     response_class=FileResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}},
+    responses={
+        200: {
+            "description": "The file, as the content type its artifact row names: step logs "
+            "are `text/plain; charset=utf-8`",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
 )
 async def download_artifact(
     job_id: str, artifact_id: str, _: Reader, session: SessionDep, settings: SettingsDep

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from api.errors import now_iso
+from api.route import strict_router
 from settings import VERSION, Settings
 from store.engine import Database
 from store.migrate import current_revision, head_revision
 
-router = APIRouter(tags=["probes"])
+router = strict_router(tags=["probes"])
 
 
 class Liveness(BaseModel):

@@ -6,31 +6,41 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Path, Request, status
+from fastapi import Path, Request, status
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
 from api.deps import Admin, AnyToken, IdempotencyKeyDep, SessionDep
 from api.errors import ApiError, ErrorBody, not_found
 from api.paging import Page, PageQuery, page
+from api.route import strict_router
+from settings import YEAR_S
 from store import idempotency
 from store.models import Token, new_id
 from store.tokens import Scope, TokenNameTaken, create_token, revoke
+from strict import Strict
 
-router = APIRouter(tags=["auth"], responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}})
+router = strict_router(
+    tags=["auth"], responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}}
+)
 
 TOKEN_NAME = r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,199}$"
 
 
-class TokenCreate(BaseModel):
+class TokenCreate(Strict):
     name: str = Field(pattern=TOKEN_NAME, description="Unique among live tokens", examples=["ci"])
     scopes: list[Scope] = Field(
-        default=[Scope.sessions_read, Scope.sessions_write],
         min_length=1,
-        description="What the token may do; `admin` satisfies every scope",
+        max_length=len(Scope),
+        description="What the token may do; `admin` satisfies every scope. Required: a "
+        "token holds no scope unless given one. Approving a gate takes `approvals:write`.",
+        examples=[["jobs:read", "jobs:write", "approvals:write"]],
     )
     expires_in: int | None = Field(
-        None, ge=60, description="Seconds until the token expires; never when absent"
+        None,
+        ge=60,
+        le=10 * YEAR_S,
+        description="Seconds until the token expires (at most ten years); never when absent",
     )
 
 
@@ -56,9 +66,10 @@ class Message(BaseModel):
 
 
 class WhoAmI(BaseModel):
-    message: str = Field(description="The token's name")
+    name: str = Field(description="The token's name")
     token_id: str
-    scopes: list[str]
+    scopes: list[str] = Field(description="What the token may do")
+    message: str = Field(description="The token's name again, where the debug server has it")
 
 
 def _public(token: Token) -> TokenPublic:
@@ -154,5 +165,8 @@ async def revoke_token(
 @router.get("/whoami", summary="Name the calling token")
 async def whoami(principal: AnyToken) -> WhoAmI:
     return WhoAmI(
-        message=principal.name, token_id=principal.token_id, scopes=sorted(principal.scopes)
+        name=principal.name,
+        token_id=principal.token_id,
+        scopes=sorted(principal.scopes),
+        message=principal.name,
     )

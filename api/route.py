@@ -1,0 +1,116 @@
+"""How every route reads its request: a bounded body, JSON only, parsed strictly.
+
+Every router is made by `strict_router`, so each route refuses, before its handler runs:
+a body over `max_body_bytes` (413, unread), a body that is not `application/json` (415) or
+not JSON (400), JSON's `NaN` and `Infinity` (422), and NUL bytes in the body or the URL
+(422). Its OpenAPI operation documents those answers with the shared error body.
+"""
+
+from __future__ import annotations
+
+import email.message
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.routing import APIRoute
+
+from api.errors import ApiError, ErrorBody
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "The body is not JSON"},
+    413: {"model": ErrorBody, "description": "The body is larger than the API accepts"},
+    415: {"model": ErrorBody, "description": "The body is not `application/json`"},
+    422: {"model": ErrorBody, "description": "A field is missing, unknown or out of bounds"},
+}
+
+
+def strict_router(**kwargs: Any) -> APIRouter:
+    responses = {**ERRORS, **kwargs.pop("responses", {})}
+    return APIRouter(route_class=StrictRoute, responses=responses, **kwargs)
+
+
+class StrictRoute(APIRoute):
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+        takes_body = self.body_field is not None
+
+        async def strict(request: Request) -> Response:
+            _check_url(request)
+            body = await _read(request, request.app.state.settings.max_body_bytes)
+            if body and takes_body:
+                _check_media_type(request)
+                # FastAPI reads `_json` when it is set: the strict parse is the only one.
+                request._json = parse(body)
+            return await handle(request)
+
+        return strict
+
+
+def _check_url(request: Request) -> None:
+    if "\x00" in request.scope["path"] or b"%00" in request.scope["query_string"]:
+        raise ApiError(422, "VALIDATION_ERROR", "url: NUL bytes are not allowed")
+
+
+async def _read(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._body = body
+    return body
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "PAYLOAD_TOO_LARGE", f"body: larger than {limit} bytes")
+
+
+def _check_media_type(request: Request) -> None:
+    given = request.headers.get("content-type")
+    if given:
+        message = email.message.Message()
+        message["content-type"] = given
+        subtype = message.get_content_subtype()
+        if message.get_content_maintype() == "application" and (
+            subtype == "json" or subtype.endswith("+json")
+        ):
+            return
+    raise ApiError(
+        415,
+        "UNSUPPORTED_MEDIA_TYPE",
+        f"body: send JSON with 'Content-Type: application/json' (got {given or 'none'})",
+    )
+
+
+def _no_constants(name: str) -> Any:
+    raise ApiError(422, "VALIDATION_ERROR", f"body: {name} is not a JSON number")
+
+
+def parse(body: bytes) -> Any:
+    try:
+        value = json.loads(body, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "INVALID_JSON", f"body: not valid JSON: {exc}") from None
+    if b"\\u0000" in body:
+        _find_nul(value, "body")
+    return value
+
+
+def _find_nul(value: Any, where: str) -> None:
+    if isinstance(value, str) and "\x00" in value:
+        raise ApiError(422, "VALIDATION_ERROR", f"{where}: NUL bytes are not allowed")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _find_nul(key, where)
+            _find_nul(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _find_nul(item, f"{where}.{index}")
