@@ -30,13 +30,14 @@ async def test_wrong_method_is_a_shaped_405(api: Api) -> None:
     assert answer.json()["error_code"] == "METHOD_NOT_ALLOWED"
 
 
-async def test_bad_json_is_a_shaped_422(api: Api) -> None:
+async def test_bad_json_is_a_shaped_400_and_a_bad_query_a_422(api: Api) -> None:
     async with api.client(api.admin_token) as client:
         answer = await client.post(
             "/auth/tokens", content=b"{not json", headers={"Content-Type": "application/json"}
         )
         bad_limit = await client.get("/auth/tokens", params={"limit": 1000})
-    assert answer.status_code == 422
+    assert answer.status_code == 400 and answer.json()["error_code"] == "INVALID_JSON"
+    assert "not valid JSON" in answer.json()["detail"]
     assert_shape(answer.json())
     assert bad_limit.status_code == 422 and "query.limit" in bad_limit.json()["detail"]
 

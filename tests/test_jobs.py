@@ -189,6 +189,33 @@ async def test_an_idempotency_key_applies_a_decision_once(
     later = await wait_state(admin, job_id, "needs_approval")
     assert later["open_gate"]["stage"] == "t"
     assert len(await decisions_of(api, job["open_gate"]["gate_id"])) == 1
+    # The same key on another decision is a mistake, not a replay of the first answer.
+    flipped = await admin.post(
+        f"/api/v1/jobs/{job_id}/reject", headers=headers, json={"reason": "changed my mind"}
+    )
+    assert flipped.status_code == 422, flipped.text
+    assert flipped.json()["error_code"] == "IDEMPOTENCY_KEY_REUSED"
+    assert (await admin.get(f"/api/v1/jobs/{job_id}")).json()["state"] == "needs_approval"
+
+
+async def test_a_patch_that_breaks_params_is_refused_when_given(
+    admin: httpx.AsyncClient,
+) -> None:
+    job_id = await create_job(admin, stage("s", gate=GATE), params={"tone": "dry"})
+    await wait_state(admin, job_id, "needs_approval")
+    whole = {"op": "replace", "path": "", "value": [1, 2]}
+    on_reject = await admin.post(
+        f"/api/v1/jobs/{job_id}/reject", json={"reason": "no", "patch": whole}
+    )
+    assert on_reject.status_code == 422 and on_reject.json()["error_code"] == "INVALID_PATCH"
+    assert "object" in on_reject.json()["detail"]
+    assert (await admin.get(f"/api/v1/jobs/{job_id}")).json()["open_gate"] is not None
+    await admin.post(f"/api/v1/jobs/{job_id}/reject", json={"reason": "no"})
+    await wait_state(admin, job_id, "paused")
+    on_resume = await admin.post(f"/api/v1/jobs/{job_id}/resume", json={"patch": whole})
+    assert on_resume.status_code == 422 and on_resume.json()["error_code"] == "INVALID_PATCH"
+    resumed = await admin.post(f"/api/v1/jobs/{job_id}/resume")
+    assert resumed.status_code == 200, resumed.text
 
 
 async def test_gate_timers_decide_as_configured(admin: httpx.AsyncClient) -> None:
@@ -229,7 +256,7 @@ async def test_a_failing_step_fails_the_job(admin: httpx.AsyncClient) -> None:
         admin, stage("boom", "sh", "-c", "echo broken; exit 4"), stage("never")
     )
     job = await wait_state(admin, job_id, "failed")
-    assert "exited with status 4" in job["error"] and job["stage"] == "boom"
+    assert "exited with status 4: broken" in job["error"] and job["stage"] == "boom"
     types = await event_types(admin, job_id)
     assert types[-1] == "job_failed" and "never" not in str(types)
 
@@ -265,7 +292,7 @@ async def test_cancel_kills_the_running_step(
 async def test_artifacts_list_and_download(admin: httpx.AsyncClient) -> None:
     job_id = await create_job(admin, stage("build", "echo", "built it"))
     await wait_state(admin, job_id, "completed")
-    [artifact] = (await admin.get(f"/api/v1/jobs/{job_id}/artifacts")).json()
+    [artifact] = (await admin.get(f"/api/v1/jobs/{job_id}/artifacts")).json()["items"]
     assert artifact["stage"] == "build" and artifact["size_bytes"] == len("built it\n")
     body = await admin.get(f"/api/v1/jobs/{job_id}/artifacts/{artifact['id']}")
     assert body.status_code == 200 and body.text == "built it\n"
