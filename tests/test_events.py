@@ -161,3 +161,17 @@ async def test_open_streams_do_not_hold_database_connections(admin: httpx.AsyncC
     assert (await admin.get(f"/api/v1/jobs/{job_id}")).status_code == 200
     await admin.post(f"/api/v1/jobs/{job_id}/approve")
     await asyncio.wait_for(asyncio.gather(*streams), 60)
+
+
+async def test_a_last_event_id_that_is_no_event_id_starts_afresh(
+    admin: httpx.AsyncClient,
+) -> None:
+    job_id = await create_job(admin, stage("a"))
+    await wait_state(admin, job_id, "completed")
+    url = f"/api/v1/jobs/{job_id}/events/stream"
+    polled = [e["id"] for e in (await admin.get(f"/api/v1/jobs/{job_id}/events")).json()["items"]]
+    for last in (str(2**64), "-1", "abc"):
+        got = await asyncio.wait_for(
+            read_until(admin, url, "done", headers={"Last-Event-ID": last}), 30
+        )
+        assert [f.id for f in got if f.id is not None] == polled, last

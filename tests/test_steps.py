@@ -87,7 +87,7 @@ async def test_a_missing_program_is_step_failed_127(steps: Steps) -> None:
         await ActivityEnvironment().run(steps.run, step(["/no/such/program"]))
     assert raised.value.type == "StepFailed"
     assert raised.value.details[0]["exit_code"] == 127
-    assert "cannot start" in raised.value.details[0]["tail"][0]
+    assert "command not found: '/no/such/program'" in raised.value.message
 
 
 async def test_the_step_sees_its_env_but_not_the_workers_secrets(
