@@ -2,8 +2,9 @@
 
 Every router is made by `strict_router`, so each route refuses, before its handler runs:
 a body over `max_body_bytes` (413, unread), a body that is not `application/json` (415) or
-not JSON (400), JSON's `NaN` and `Infinity` (422), and NUL bytes in the body or the URL
-(422). Its OpenAPI operation documents those answers with the shared error body.
+not JSON (400), JSON's `NaN` and `Infinity` (422), NUL bytes in the body or the URL (422),
+and a query parameter it does not declare (422, naming the nearest one). Its OpenAPI
+operation documents those answers with the shared error body.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
 from api.errors import ApiError, ErrorBody
+from strict import unknown_field
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "The body is not JSON"},
@@ -35,9 +38,10 @@ class StrictRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
         takes_body = self.body_field is not None
+        queries = sorted(_query_names(self.dependant))
 
         async def strict(request: Request) -> Response:
-            _check_url(request)
+            _check_url(request, queries)
             body = await _read(request, request.app.state.settings.max_body_bytes)
             if body and takes_body:
                 _check_media_type(request)
@@ -48,9 +52,20 @@ class StrictRoute(APIRoute):
         return strict
 
 
-def _check_url(request: Request) -> None:
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def _check_url(request: Request, queries: list[str]) -> None:
     if "\x00" in request.scope["path"] or b"%00" in request.scope["query_string"]:
         raise ApiError(422, "VALIDATION_ERROR", "url: NUL bytes are not allowed")
+    for name in request.query_params:
+        if name not in queries:
+            # A misspelt filter must not quietly list everything.
+            raise ApiError(422, "VALIDATION_ERROR", f"query.{name}: {unknown_field(name, queries)}")
 
 
 async def _read(request: Request, limit: int) -> bytes:

@@ -164,6 +164,9 @@ async def test_filters_and_offsets_are_checked_like_bodies(admin: httpx.AsyncCli
     ):
         answer = await admin.get(path, params=params)
         assert answer.status_code == 422, (path, answer.text)
+    typo = await admin.get("/api/v1/jobs", params={"stat": "failed"})
+    assert typo.status_code == 422
+    assert typo.json()["detail"] == "query.stat: unknown field; did you mean `state`?"
     nul = await admin.get("/api/v1/jobs/job-%00")
     assert nul.status_code == 422 and "NUL" in nul.json()["detail"]
 
