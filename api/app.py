@@ -11,12 +11,15 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from api import errors
 from api.metrics import MetricsMiddleware
+from api.resources import resource_routes
 from api.routers import approvals, config, docs, gates, jobs, probes, tokens
 from api.streams import EventHub
 from api.temporal import TemporalLink
 from operator_file import load
 from settings import VERSION, Settings
 from store.engine import Database
+from store.models import Job
+from store.tokens import Scope
 
 DESCRIPTION = """
 Pilothouse runs agent and pipeline work as durable Temporal workflows that stop at
@@ -73,6 +76,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs.router,
         tokens.router,
         jobs.router,
+        resource_routes(
+            kind="job",
+            prefix="/api/v1/jobs",
+            table=Job,
+            read_scope=Scope.jobs_read,
+            terminal=jobs.TERMINAL,
+            tags=["jobs"],
+        ),
         gates.router,
         approvals.router,
         config.router,

@@ -185,7 +185,8 @@ async def test_tokens_need_scopes_and_whoami_names_them(api: Api, admin: httpx.A
 
 
 async def test_the_validator_takes_documented_shapes_only(admin: httpx.AsyncClient) -> None:
-    for body in ({}, {"gates": {"a": {}}}, {"yaml": "a: 1", "config": {}}):
+    bodies: list[dict[str, Any]] = [{}, {"gates": {"a": {}}}, {"yaml": "a: 1", "config": {}}]
+    for body in bodies:
         error = await refused(admin, "/api/v1/config/validate", body)
         assert '{"yaml":' in error["detail"] and '{"config":' in error["detail"], body
     typo = (

@@ -8,15 +8,13 @@ from typing import Annotated, Any
 
 import jsonpatch
 import sqlalchemy as sa
-from fastapi import Depends, Header, Query, Request, status
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi import Depends, Query, Request, status
 from pydantic import BaseModel, Field, model_validator
 from sqlmodel import col, select
 
 from api import cancels, decisions
 from api.auth import require
 from api.deps import (
-    DatabaseDep,
     IdempotencyKeyDep,
     NewWorkAllowed,
     SessionDep,
@@ -28,11 +26,9 @@ from api.paging import Page, PageQuery, page
 from api.route import strict_router
 from api.routers.gates import GatePublic, gate_public
 from api.starts import create_and_start
-from api.streams import EventHub, event_json, resume_from, sse
 from operator_file import OperatorConfig
 from settings import LIMITS
-from store import events
-from store.models import Artifact, Decision, GateRow, Job
+from store.models import Decision, GateRow, Job
 from store.tokens import Principal, Scope
 from strict import JsonObject, Name, Params, Patch, Strict, Text, check_json
 from workflows.gate import DecisionOut, Outcome
@@ -114,38 +110,6 @@ class ResumeRequest(Strict):
 class Message(BaseModel):
     message: str
     state: str | None = None
-
-
-class EventOut(BaseModel):
-    id: int
-    ts: str
-    type: str
-    stage: str | None
-    status: str | None
-    message: str
-    payload: dict[str, Any]
-    resource_kind: str
-    resource_id: str
-
-
-class EventsPage(BaseModel):
-    items: list[EventOut]
-    total: int
-    after: int
-    limit: int
-    last_id: int = Field(description="Pass as `after` to read on")
-    has_more: bool
-
-
-class ArtifactPublic(BaseModel):
-    id: str
-    stage: str | None
-    kind: str
-    path: str
-    content_type: str
-    size_bytes: int
-    checksum_sha256: str
-    created_at: datetime
 
 
 async def operator(request: Request) -> OperatorConfig:
@@ -447,121 +411,3 @@ async def cancel(
     state = await cancels.cancel(session, temporal, "job", job_id, principal.name)
     message = "cancel requested" if state == "canceling" else f"job {state}"
     return Message(message=message, state=state)
-
-
-@router.get("/jobs/{job_id}/events", summary="Poll a job's events")
-async def job_events(
-    job_id: str,
-    _: Reader,
-    session: SessionDep,
-    after: Annotated[
-        int, Query(ge=0, le=LIMITS.max_int, description="Only events with a larger id")
-    ] = 0,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
-) -> EventsPage:
-    await load_job(session, job_id)
-    rows = list(await events.after(session, job_id, after, limit + 1))
-    items = [EventOut(**event_json(e)) for e in rows[:limit]]
-    return EventsPage(
-        items=items,
-        total=await events.count(session, job_id),
-        after=after,
-        limit=limit,
-        last_id=items[-1].id if items else after,
-        has_more=len(rows) > limit,
-    )
-
-
-@router.get(
-    "/jobs/{job_id}/events/stream",
-    summary="Stream a job's events (SSE)",
-    response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
-)
-async def job_event_stream(
-    request: Request,
-    job_id: str,
-    _: Reader,
-    db: DatabaseDep,
-    settings: SettingsDep,
-    last_event_id: Annotated[
-        str | None,
-        Header(
-            alias="Last-Event-ID",
-            max_length=40,
-            description="The last id seen; one that is not an event id starts afresh",
-        ),
-    ] = None,
-    after: Annotated[
-        int, Query(ge=0, le=LIMITS.max_int, description="Replay events after this id")
-    ] = 0,
-) -> StreamingResponse:
-    """`connected`, then every event with its `id:`, live, then `done` when the job ends.
-
-    Resume with `Last-Event-ID`: no gap and no duplicate. A comment every 15 s keeps the
-    connection open."""
-    # A short session of its own: a stream may last minutes and must not hold a
-    # pooled connection all that time.
-    async with db.session() as session:
-        job = await load_job(session, job_id)
-    hub: EventHub = request.app.state.hub
-
-    async def ended() -> dict[str, Any] | None:
-        async with db.session() as s:
-            row = await s.get(Job, job_id)
-        return {"status": row.state} if row and row.state in TERMINAL else None
-
-    stream = sse(
-        hub,
-        job_id,
-        resume_from(last_event_id, after),
-        {"job_id": job_id, "status": job.state},
-        ended,
-        settings.sse_keepalive_seconds,
-        settings.sse_max_seconds,
-    )
-    return StreamingResponse(
-        stream,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-
-
-@router.get("/jobs/{job_id}/artifacts", summary="List a job's artifacts")
-async def job_artifacts(
-    request: Request, job_id: str, _: Reader, session: SessionDep, params: PageQuery
-) -> Page[ArtifactPublic]:
-    """Oldest first. Download one at `/api/v1/jobs/{job_id}/artifacts/{artifact_id}`."""
-    await load_job(session, job_id)
-    query = select(Artifact).where(Artifact.resource_id == job_id)
-    total = (await session.exec(select(sa.func.count()).select_from(query.subquery()))).one()
-    rows = await session.exec(
-        query.order_by(col(Artifact.created_at)).offset(params.skip).limit(params.limit)
-    )
-    items = [ArtifactPublic.model_validate(a, from_attributes=True) for a in rows]
-    return page(request, items, int(total), params)
-
-
-@router.get(
-    "/jobs/{job_id}/artifacts/{artifact_id}",
-    summary="Download one artifact",
-    response_class=FileResponse,
-    responses={
-        200: {
-            "description": "The file, as the content type its artifact row names: step logs "
-            "are `text/plain; charset=utf-8`",
-            "content": {"text/plain": {"schema": {"type": "string"}}},
-        }
-    },
-)
-async def download_artifact(
-    job_id: str, artifact_id: str, _: Reader, session: SessionDep, settings: SettingsDep
-) -> FileResponse:
-    artifact = await session.get(Artifact, artifact_id)
-    if artifact is None or artifact.resource_id != job_id:
-        raise not_found("artifact", artifact_id)
-    root = settings.artifacts_dir
-    path = (root / artifact.path).resolve()
-    if not path.is_relative_to(root) or not path.is_file():
-        raise ApiError(404, "ARTIFACT_FILE_MISSING", f"artifact {artifact_id}'s file is missing")
-    return FileResponse(path, media_type=artifact.content_type, filename=path.name)
