@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     auto_approve: bool = Field(
         True, description="Kill switch: when false, gates configured to auto-approve wait"
     )
+    enable_consolidated_metrics: bool = Field(
+        False,
+        description="Kill switch: serve /dashboard/runs/{id}/consolidated-metrics (503 when off)",
+    )
     log_level: str = "info"
 
     @field_validator("cors_origins", mode="before")
@@ -116,4 +120,8 @@ class Settings(BaseSettings):
 
     @property
     def kill_switches(self) -> dict[str, bool]:
-        return {"pause_new_work": self.pause_new_work, "auto_approve": self.auto_approve}
+        return {
+            "pause_new_work": self.pause_new_work,
+            "auto_approve": self.auto_approve,
+            "enable_consolidated_metrics": self.enable_consolidated_metrics,
+        }

@@ -212,3 +212,105 @@ class ApprovalRequest(SQLModel, table=True):
     timeout_at: datetime | None = _when(nullable=True, default=None)
     created_at: datetime = _when(default_factory=utcnow)
     updated_at: datetime = _when(default_factory=utcnow)
+
+
+class Run(SQLModel, table=True):
+    """An autonomous build run: tiers of phases, each built, audited and maybe gated."""
+
+    __tablename__ = "runs"
+    __table_args__ = (sa.Index("ix_runs_created", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=100, description="The caller's run_id")
+    state: str = Field(default="RUN_CREATED", max_length=50)
+    stage: str | None = Field(default=None, max_length=200, description="The phase running")
+    safety_profile: str = Field(default="normal", max_length=50)
+    run_scope: str = Field(default="multi_tier", max_length=50)
+    token_cap: int = Field(default=5_000_000, sa_column=sa.Column(sa.BigInteger, nullable=False))
+    max_phases: int = 25
+    max_duration_minutes: int = 120
+    tokens_used: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False))
+    workdir: str = Field(max_length=4096)
+    repository: str | None = Field(default=None, max_length=4096)
+    owner: str = Field(max_length=200)
+    error: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    created_at: datetime = _when(default_factory=utcnow)
+    started_at: datetime | None = _when(nullable=True, default=None)
+    completed_at: datetime | None = _when(nullable=True, default=None)
+    updated_at: datetime = _when(default_factory=utcnow)
+
+
+class RunTier(SQLModel, table=True):
+    __tablename__ = "run_tiers"
+    __table_args__ = (sa.UniqueConstraint("run_id", "tier_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(max_length=100, index=True)
+    tier_id: str = Field(max_length=200)
+    tier_index: int
+    name: str = Field(max_length=200)
+    description: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    parallel: bool = False
+    state: str = Field(default="PENDING", max_length=20)
+
+
+class RunPhase(SQLModel, table=True):
+    """One phase of a run, with what its builder and auditor last reported."""
+
+    __tablename__ = "run_phases"
+    __table_args__ = (sa.UniqueConstraint("run_id", "phase_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(max_length=100, index=True)
+    phase_id: str = Field(max_length=200)
+    phase_index: int
+    tier_id: str = Field(max_length=200)
+    name: str = Field(max_length=200)
+    description: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    state: str = Field(default="QUEUED", max_length=20)
+    task_category: str | None = Field(default=None, max_length=200)
+    complexity: str | None = Field(default=None, max_length=50)
+    builder_mode: str | None = Field(default=None, max_length=200)
+    scope: dict[str, Any] | None = Field(default=None, sa_column=sa.Column(sa.JSON, nullable=True))
+    spec: dict[str, Any] = Field(
+        default_factory=dict,
+        sa_column=sa.Column(sa.JSON, nullable=False),
+        description="Pilothouse's own fields: builder, auditor, gate, max_attempts, risk",
+    )
+    tokens_used: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False))
+    builder_attempts: int = 0
+    auditor_attempts: int = 0
+    minor_issues_count: int = 0
+    major_issues_count: int = 0
+    recommendation: str | None = Field(default=None, max_length=20)
+    files_changed: list[str] = Field(
+        default_factory=list, sa_column=sa.Column(sa.JSON, nullable=False)
+    )
+    lines_added: int = 0
+    lines_removed: int = 0
+    error: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    updated_at: datetime = _when(default_factory=utcnow)
+
+
+class RunIssue(SQLModel, table=True):
+    """An issue a phase reported (or an auditor found), counted by its key."""
+
+    __tablename__ = "run_issues"
+    __table_args__ = (sa.UniqueConstraint("run_id", "phase_id", "issue_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(max_length=100, index=True)
+    tier_id: str = Field(max_length=200)
+    phase_id: str = Field(max_length=200)
+    phase_index: int
+    issue_key: str = Field(max_length=200, index=True)
+    severity: str = Field(max_length=20)
+    source: str = Field(max_length=50)
+    category: str = Field(max_length=200)
+    task_category: str | None = Field(default=None, max_length=200)
+    complexity: str | None = Field(default=None, max_length=50)
+    evidence_refs: list[str] = Field(
+        default_factory=list, sa_column=sa.Column(sa.JSON, nullable=False)
+    )
+    occurrence_count: int = 1
+    created_at: datetime = _when(default_factory=utcnow)
+    updated_at: datetime = _when(default_factory=utcnow)

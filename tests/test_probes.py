@@ -64,7 +64,11 @@ async def test_health_has_the_autopack_shape(api: Api) -> None:
     assert set(body) >= {"status", "database_identity", "database", "kill_switches", "version"}
     assert len(body["database_identity"]) == 12
     assert api.settings.db_url not in answer.text
-    assert body["kill_switches"] == {"pause_new_work": False, "auto_approve": True}
+    assert body["kill_switches"] == {
+        "pause_new_work": False,
+        "auto_approve": True,
+        "enable_consolidated_metrics": False,
+    }
     assert alias.json()["database_identity"] == body["database_identity"]
 
 
