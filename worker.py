@@ -19,28 +19,33 @@ from temporalio.worker import Worker
 
 from activities.records import Records
 from activities.steps import Steps
+from activities.workspaces import Workspaces
 from settings import Settings
 from store.engine import Database
 from temporal_client import connect_within
 from workflows import attributes
 from workflows.approvals import ApprovalWorkflow
 from workflows.jobs import JobWorkflow
+from workflows.runs import RunWorkflow
 
 log = logging.getLogger("pilothouse.worker")
 
-WORKFLOWS: Sequence[type] = (JobWorkflow, ApprovalWorkflow)
+WORKFLOWS: Sequence[type] = (JobWorkflow, ApprovalWorkflow, RunWorkflow)
 
 
 def activities(db: Database, settings: Settings) -> list[Callable[..., Any]]:
     records = Records(db)
     steps = Steps(db, settings.artifacts_dir)
+    workspaces = Workspaces(settings.data_dir, settings.artifacts_dir)
     return [
         records.transition,
         records.gate_opened,
         records.gate_reminder,
         records.decisions,
         records.decision,
+        records.issue,
         steps.run,
+        workspaces.prepare,
     ]
 
 

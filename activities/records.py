@@ -18,13 +18,13 @@ from typing import Any
 import sqlalchemy as sa
 from pydantic import BaseModel, Field
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import col
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
-from store import events, resources
+from store import events, issues, resources
 from store.engine import Database
-from store.models import Decision, GateRow, utcnow
+from store.models import Decision, GateRow, RunPhase, utcnow
 
 
 class DecisionRecord(BaseModel):
@@ -55,7 +55,7 @@ class Transition(CarriesDecisions):
 
     resource_kind: str
     resource_id: str
-    state: str
+    state: str | None = Field(None, description="The resource's new state; None keeps it")
     stage: str | None = None
     error: str | None = None
     event_type: str
@@ -63,6 +63,9 @@ class Transition(CarriesDecisions):
     payload: dict[str, Any] = Field(default_factory=dict)
     final: bool = False
     changes: dict[str, Any] = Field(default_factory=dict, description="Other columns to set")
+    parts: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description='Columns of parts with rows of their own: "phase:<id>"'
+    )
 
 
 class GateOpened(CarriesDecisions):
@@ -75,6 +78,13 @@ class GateOpened(CarriesDecisions):
     opened_at: datetime
     deadline: datetime | None
     resource_state: str | None = None
+    why: str | None = Field(None, description="What opened the gate, beyond its configuration")
+
+
+class IssueFact(CarriesDecisions):
+    run_id: str
+    phase_id: str
+    issue: dict[str, Any]
 
 
 class GateReminder(CarriesDecisions):
@@ -150,17 +160,17 @@ async def write_decisions(session: AsyncSession, decisions: list[DecisionRecord]
 async def write_transition(session: AsyncSession, t: Transition) -> None:
     """A resource's new state and its event; at its end, its open gates close with it."""
     await write_decisions(session, t.decisions)
+    state = {"state": t.state} if t.state is not None else {}
     await resources.set_fields(
-        session,
-        t.resource_kind,
-        t.resource_id,
-        state=t.state,
-        stage=t.stage,
-        error=t.error,
-        **t.changes,
+        session, t.resource_kind, t.resource_id, stage=t.stage, error=t.error, **state, **t.changes
     )
     if t.final:
-        await close_gates(session, t.resource_id, t.state, t.error or t.message)
+        await resources.set_ended(session, t.resource_kind, t.resource_id)
+    await resources.set_parts(session, t.resource_kind, t.resource_id, t.parts)
+    if t.final:
+        # A gate closes as `canceled` or `failed`, whatever its family calls the end.
+        closed = "canceled" if "cancel" in (t.state or "").lower() else "failed"
+        await close_gates(session, t.resource_id, closed, t.error or t.message)
     await events.append(
         session,
         t.resource_kind,
@@ -209,7 +219,7 @@ class Records:
                     resource_kind=g.resource_kind,
                     resource_id=g.resource_id,
                     stage=g.stage,
-                    config=g.config,
+                    config=g.config | ({"why": g.why} if g.why else {}),
                     approvals_needed=g.approvals_needed,
                     opened_at=g.opened_at,
                     deadline=g.deadline,
@@ -226,7 +236,7 @@ class Records:
                 "gate_pause",
                 stage=g.stage,
                 status=g.resource_state or "open",
-                message=f"{g.stage}: waiting for approval",
+                message=f"{g.stage}: waiting for approval" + (f": {g.why}" if g.why else ""),
                 payload={
                     "stage": g.stage,
                     "gate_id": g.gate_id,
@@ -234,6 +244,7 @@ class Records:
                     "approvals_needed": g.approvals_needed,
                     "deadline": g.deadline.isoformat() if g.deadline else None,
                     "timeout_seconds": g.config.get("timeout_seconds"),
+                    "why": g.why,
                 },
             )
             await session.commit()
@@ -266,4 +277,30 @@ class Records:
         """One decision: what workflows started before decisions were carried still call."""
         async with self.db.session() as session:
             await write_decisions(session, [d])
+            await session.commit()
+
+    @activity.defn(name="records.issue")
+    async def issue(self, f: IssueFact) -> None:
+        """An issue a phase reported: its row (counted by key), the phase's counts, an event."""
+        async with self.db.session() as session:
+            await write_decisions(session, f.decisions)
+            phase = (
+                await session.exec(
+                    select(RunPhase).where(
+                        RunPhase.run_id == f.run_id, RunPhase.phase_id == f.phase_id
+                    )
+                )
+            ).first()
+            if phase is not None:
+                row = await issues.record(session, f.run_id, phase, f.issue)
+                await events.append(
+                    session,
+                    "run",
+                    f.run_id,
+                    "issue_recorded",
+                    stage=f.phase_id,
+                    status=row.severity,
+                    message=f"{f.phase_id}: {row.severity} issue {row.issue_key}",
+                    payload={**f.issue, "occurrence_count": row.occurrence_count},
+                )
             await session.commit()

@@ -16,13 +16,15 @@ import signal
 import time
 import uuid
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities import workspaces
 from activities.records import CarriesDecisions, write_decisions
+from activities.workspaces import Diff
 from store import events, resources
 from store.engine import Database
 from store.models import Artifact
@@ -46,6 +48,11 @@ class StepInput(CarriesDecisions):
     retries: int = Field(0, ge=0, description="Times a failing command runs again")
     kill_grace_seconds: float = Field(5.0, ge=0)
     tail_lines: int = Field(20, ge=0, le=200)
+    diff: bool = Field(False, description="Report what the command changed in `cwd`'s work tree")
+    resource_state: str = Field("running", description="The resource's state while it runs")
+    parts: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Parts' columns to set as it starts (`records`)"
+    )
 
 
 class StepResult(BaseModel):
@@ -53,6 +60,7 @@ class StepResult(BaseModel):
     artifact_id: str
     tail: list[str]
     duration_ms: int
+    diff: Diff | None = None
 
 
 class Steps:
@@ -73,6 +81,7 @@ class Steps:
         if pgid_file.exists():
             await asyncio.to_thread(stop_orphan, pgid_file)
         await self._started(step, attempt)
+        before = await workspaces.snapshot(Path(step.cwd)) if step.diff and step.cwd else None
         started = time.monotonic()
         outcome = "failed"
         exit_code = NOT_STARTABLE
@@ -86,6 +95,11 @@ class Steps:
             duration_ms = int((time.monotonic() - started) * 1000)
             result = await asyncio.shield(
                 self._record(step, relative, path, exit_code, outcome, duration_ms, attempt)
+            )
+        if before is not None and step.cwd:
+            patch = relative.parent / "patches" / f"{slug}-{attempt}.patch"
+            result.diff = await workspaces.changes(
+                Path(step.cwd), before, self.artifacts_dir, patch
             )
         if outcome == "timed_out":
             raise ApplicationError(
@@ -146,8 +160,13 @@ class Steps:
             # The decision that let this stage start comes first in the log.
             await write_decisions(session, step.decisions)
             await resources.set_fields(
-                session, step.resource_kind, step.resource_id, state="running", stage=step.stage
+                session,
+                step.resource_kind,
+                step.resource_id,
+                state=step.resource_state,
+                stage=step.stage,
             )
+            await resources.set_parts(session, step.resource_kind, step.resource_id, step.parts)
             await events.append(
                 session,
                 step.resource_kind,

@@ -12,14 +12,15 @@ from fastapi.middleware.cors import CORSMiddleware
 from api import errors
 from api.metrics import MetricsMiddleware
 from api.resources import resource_routes
-from api.routers import approvals, config, docs, gates, jobs, probes, tokens
+from api.routers import approvals, config, docs, gates, jobs, probes, runs, tokens
 from api.streams import EventHub
 from api.temporal import TemporalLink
 from operator_file import load
 from settings import VERSION, Settings
 from store.engine import Database
-from store.models import Job
+from store.models import Job, Run
 from store.tokens import Scope
+from workflows.runs import RUN_ENDS
 
 DESCRIPTION = """
 Pilothouse runs agent and pipeline work as durable Temporal workflows that stop at
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_tags=[
             {"name": "auth", "description": "API tokens and their scopes"},
             {"name": "jobs", "description": "Pipeline jobs: stages, gates, events, artifacts"},
+            {"name": "runs", "description": "Build runs: tiers, phases, builders and auditors"},
             {"name": "approvals", "description": "The inbox of open gates, across families"},
             {"name": "config", "description": "The operator file: pipelines and gates"},
             {"name": "probes", "description": "Liveness, readiness, health and metrics"},
@@ -83,6 +85,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             read_scope=Scope.jobs_read,
             terminal=jobs.TERMINAL,
             tags=["jobs"],
+        ),
+        runs.router,
+        resource_routes(
+            kind="run",
+            prefix="/runs",
+            table=Run,
+            read_scope=Scope.runs_read,
+            terminal=RUN_ENDS,
+            tags=["runs"],
         ),
         gates.router,
         approvals.router,

@@ -19,17 +19,26 @@ from activities.records import Transition, write_transition
 from api.decisions import updating
 
 Outcome = Literal["canceling", "canceled", "failed", "completed"]
+End = Literal["canceled", "failed", "completed"]
 
 # How a workflow that ended without recording it shows in its resource's row.
-ENDED_AS: dict[WorkflowExecutionStatus, Outcome] = {
+ENDED_AS: dict[WorkflowExecutionStatus, End] = {
     WorkflowExecutionStatus.COMPLETED: "completed",
     WorkflowExecutionStatus.FAILED: "failed",
 }
 
 
 async def cancel(
-    session: AsyncSession, temporal: Client, kind: str, resource_id: str, by: str
+    session: AsyncSession,
+    temporal: Client,
+    kind: str,
+    resource_id: str,
+    by: str,
+    states: dict[End, str] | None = None,
 ) -> Outcome:
+    """Cancel a resource; how it stands now. `states` names each end in the family's own
+    words (a run's `canceled` is `DONE_CANCELED`); by default, the words themselves."""
+    named = states or {}
     handle = temporal.get_workflow_handle(resource_id)
     try:
         description = await handle.describe()
@@ -41,27 +50,32 @@ async def cancel(
         status = description.status if description else None
         state = ENDED_AS.get(status, "canceled") if status else "canceled"
         why = f"its workflow had already ended ({status.name.lower() if status else 'gone'})"
-        await _record(session, kind, resource_id, state, f"{kind} {state}: {why}")
+        await _record(session, kind, resource_id, state, named, f"{kind} {state}: {why}")
         return state
     task = description.raw_description.pending_workflow_task
     if task.attempt > 1:
         reason = f"canceled by {by}: its workflow task kept failing ({task.attempt} attempts)"
         await updating(handle.terminate(reason=reason))
-        await _record(session, kind, resource_id, "canceled", f"{kind} {reason}")
+        await _record(session, kind, resource_id, "canceled", named, f"{kind} {reason}")
         return "canceled"
     await updating(handle.cancel())
     return "canceling"
 
 
 async def _record(
-    session: AsyncSession, kind: str, resource_id: str, state: Outcome, message: str
+    session: AsyncSession,
+    kind: str,
+    resource_id: str,
+    state: End,
+    named: dict[End, str],
+    message: str,
 ) -> None:
     await write_transition(
         session,
         Transition(
             resource_kind=kind,
             resource_id=resource_id,
-            state=state,
+            state=named.get(state, state),
             error=message if state != "completed" else None,
             event_type=f"{kind}_{state}",
             message=message,

@@ -3,7 +3,7 @@ then the workflow start, undone whole if the start fails. Every family's create 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -44,11 +44,13 @@ async def create_and_start(
     workflow: Callable[..., Awaitable[Any]],
     workflow_input: Callable[[Row], BaseModel],
     summary: Callable[[Row], str],
+    children: Callable[[Row], Sequence[SQLModel]] = lambda _: (),
 ) -> Row:
     """The resource for this request: made and started now, or the one an earlier
     request with the same Idempotency-Key made (started again if that start was lost)."""
     row = new_row()
     table = type(row)
+    made: list[SQLModel] = []
     print_ = idempotency.fingerprint(body.model_dump(mode="json"))
     fresh = True
     try:
@@ -65,6 +67,9 @@ async def create_and_start(
                 if winner != rid:
                     row, fresh = await _load(session, table, winner), False
             if fresh:
+                # Rows of the resource's parts (a run's tiers and phases) go in with it.
+                made = list(children(row))
+                session.add_all(made)
                 await events.append(session, kind, _id(row), f"{kind}_created", **created_event)
                 await session.commit()
     except idempotency.KeyReused:
@@ -90,7 +95,7 @@ async def create_and_start(
         )
     except Exception as exc:
         if fresh:
-            await _undo(session, row)
+            await _undo(session, row, made)
         if isinstance(exc, RPCError) and exc.status == RPCStatusCode.INVALID_ARGUMENT:
             raise refusal(exc) from None
         raise ApiError(503, "TEMPORAL_UNAVAILABLE", f"could not start the {kind}: {exc}") from None
@@ -110,9 +115,11 @@ async def _load(session: AsyncSession, table: type[Row], resource_id: str) -> Ro
     return row
 
 
-async def _undo(session: AsyncSession, row: SQLModel) -> None:
-    """No workflow means no resource: take back the row, its events and its key."""
+async def _undo(session: AsyncSession, row: SQLModel, children: list[SQLModel]) -> None:
+    """No workflow means no resource: take back the row, its parts, events and key."""
     resource_id = _id(row)
+    for child in children:
+        await session.delete(child)
     await session.delete(row)
     await session.exec(sa.delete(Event).where(col(Event.resource_id) == resource_id))
     await session.exec(

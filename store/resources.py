@@ -8,9 +8,14 @@ import sqlalchemy as sa
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from store.models import ApprovalRequest, Job, utcnow
+from store.models import ApprovalRequest, Job, Run, RunPhase, RunTier, utcnow
 
-TABLES: dict[str, type[SQLModel]] = {"job": Job, "approval": ApprovalRequest}
+TABLES: dict[str, type[SQLModel]] = {"job": Job, "approval": ApprovalRequest, "run": Run}
+# The parts of a resource that have rows of their own, by (kind, part): table and key column.
+PARTS: dict[tuple[str, str], tuple[type[SQLModel], str]] = {
+    ("run", "phase"): (RunPhase, "phase_id"),
+    ("run", "tier"): (RunTier, "tier_id"),
+}
 
 
 async def set_fields(session: AsyncSession, kind: str, resource_id: str, **values: Any) -> None:
@@ -22,3 +27,28 @@ async def set_fields(session: AsyncSession, kind: str, resource_id: str, **value
     await session.exec(
         sa.update(table).where(sa.column("id") == resource_id).values(**values, updated_at=utcnow())
     )
+
+
+async def set_parts(
+    session: AsyncSession, kind: str, resource_id: str, parts: dict[str, dict[str, Any]]
+) -> None:
+    """Set columns on parts of a resource, named `"<part>:<id>"` (`"phase:build"`)."""
+    for name, values in parts.items():
+        part, _, part_id = name.partition(":")
+        table, key = PARTS[(kind, part)]
+        if "updated_at" in table.model_fields:
+            values = {**values, "updated_at": utcnow()}
+        await session.exec(
+            sa.update(table)
+            .where(sa.column("run_id") == resource_id, sa.column(key) == part_id)
+            .values(**values)
+        )
+
+
+async def set_ended(session: AsyncSession, kind: str, resource_id: str) -> None:
+    """Stamp `completed_at` on a resource that keeps one, as it ends."""
+    table = TABLES.get(kind)
+    if table is not None and "completed_at" in table.model_fields:
+        await session.exec(
+            sa.update(table).where(sa.column("id") == resource_id).values(completed_at=utcnow())
+        )

@@ -152,7 +152,8 @@ class Gated:
     waiting_state: str = "needs_approval"
 
     def __init__(self) -> None:
-        self._gate: GateState | None = None
+        # Several gates may be open at once (a run's parallel phases); most have one.
+        self._open: dict[str, GateState] = {}
         self._closed: dict[str, GateState] = {}
         self._unrecorded: list[DecisionRecord] = []
 
@@ -179,12 +180,17 @@ class Gated:
     # --- the Update --------------------------------------------------------------------
 
     def _check(self, d: DecisionIn) -> GateState:
-        gate = self._gate
-        if d.gate_id and (gate is None or gate.id != d.gate_id):
-            if d.gate_id in self._closed:
-                raise refuse("GATE_ALREADY_DECIDED", f"gate {d.gate_id} is already decided")
-            raise refuse("GATE_NOT_OPEN", f"gate {d.gate_id} is not open")
-        if gate is None:
+        if d.gate_id:
+            gate = self._open.get(d.gate_id)
+            if gate is None:
+                if d.gate_id in self._closed:
+                    raise refuse("GATE_ALREADY_DECIDED", f"gate {d.gate_id} is already decided")
+                raise refuse("GATE_NOT_OPEN", f"gate {d.gate_id} is not open")
+        elif len(self._open) == 1:
+            [gate] = self._open.values()
+        elif self._open:
+            raise refuse("GATE_AMBIGUOUS", f"gates {', '.join(self._open)} are open: name one")
+        else:
             raise refuse("GATE_NOT_OPEN", "no gate is open")
         if gate.result is not None:
             raise refuse("GATE_ALREADY_DECIDED", f"gate {gate.id} is already {gate.state}")
@@ -256,8 +262,15 @@ class Gated:
     # --- waiting on a gate -----------------------------------------------------------------
 
     async def run_gate(
-        self, stage: str, config: GateConfig, opening: int, auto_approve_allowed: bool
+        self,
+        stage: str,
+        config: GateConfig,
+        opening: int,
+        auto_approve_allowed: bool,
+        why: str | None = None,
     ) -> GateResult:
+        """Open a gate and wait for its result. `why` says what opened it, when the
+        configuration alone does not (an auditor's escalation, a risky patch, a budget)."""
         info = workflow.info()
         gate = GateState(f"{info.workflow_id}:{stage}:{opening}", stage, config, workflow.now())
         deadline = (
@@ -265,7 +278,7 @@ class Gated:
             if config.timeout_seconds
             else None
         )
-        self._gate = gate
+        self._open[gate.id] = gate
         workflow.upsert_search_attributes([attributes.GATE.value_set(gate.id)])
         workflow.set_current_details(
             f"**Stage** {stage}\n\n**Gate** {gate.id}: waiting for a decision"
@@ -282,6 +295,7 @@ class Gated:
                 opened_at=gate.opened_at,
                 deadline=deadline,
                 resource_state=self.waiting_state,
+                why=why,
             ),
         )
         if config.auto_approve and auto_approve_allowed:
@@ -318,9 +332,10 @@ class Gated:
                     )
         # Before decisions were carried, each record had to land before the workflow went on.
         await workflow.wait_condition(lambda: gate.recording == 0)
-        self._gate = None
+        del self._open[gate.id]
         self._closed[gate.id] = gate
-        workflow.upsert_search_attributes([attributes.GATE.value_set("")])
+        still = next(iter(self._open), "")
+        workflow.upsert_search_attributes([attributes.GATE.value_set(still)])
         assert gate.result is not None
         return gate.result
 
