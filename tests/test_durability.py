@@ -7,6 +7,7 @@ both can be killed without touching the session's server.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -28,6 +29,7 @@ from store.tokens import Scope
 from temporal_client import connect_within
 from tests.conftest import free_port, make_token, serve
 from tests.jobs_helpers import GATE, create_job, stage, wait_state
+from tests.test_runs import cmd, phase, run_body, start, wait_run
 
 
 class DevServer:
@@ -172,5 +174,48 @@ async def test_a_decision_after_a_server_restart_applies(
                 await asyncio.sleep(0.5)
             done = await wait_state(admin, job_id, "completed", seconds=60)
             assert done["gates"][0]["state"] == "approved"
+    finally:
+        worker.stop()
+
+
+async def test_a_worker_killed_mid_phase_finishes_the_run(
+    own_stack: tuple[DevServer, Settings], tmp_path: Path
+) -> None:
+    server, settings = own_stack
+    await server.start()
+    marks = tmp_path / "marks"
+    worker = WorkerProcess(settings)
+    worker.start()
+    try:
+        async with admin_client(settings) as admin:
+            body = run_body(
+                "durable-1",
+                ["t1"],
+                [
+                    phase(
+                        "slow",
+                        "t1",
+                        0,
+                        builder=cmd(f"echo run >> {marks}; sleep 2; echo ok > out.txt"),
+                    ),
+                    phase("after", "t1", 1, builder=cmd("echo after > after.txt")),
+                ],
+            )
+            await start(admin, body)
+            deadline = time.monotonic() + 30
+            while not marks.exists():
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            worker.kill()
+            worker.start()
+            db = Database(settings.db_url)
+            try:
+                run = await wait_run(db, "durable-1", "DONE_SUCCESS", seconds=90)
+            finally:
+                await db.dispose()
+            assert run.state == "DONE_SUCCESS"
+            assert 1 <= len(marks.read_text().splitlines()) <= 2
+            workspace = settings.data_dir / "workspaces" / "durable-1"
+            assert json.dumps((workspace / "out.txt").read_text()) == json.dumps("ok\n")
     finally:
         worker.stop()

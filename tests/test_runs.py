@@ -1,0 +1,386 @@
+"""Runs end to end: tiers of phases whose builders and auditors are real commands in a real
+git workspace, or outside executors posting over HTTP; gates for escalations, risky
+patches and budgets; a worker killed mid-phase."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import pytest
+from sqlmodel import select
+from temporalio.client import Client, WorkflowExecutionStatus
+
+from store.engine import Database
+from store.models import Event, GateRow, Run, RunPhase
+from tests.conftest import Api
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+APPROVE = 'echo \'{"recommendation": "approve", "tokens_used": 10}\''
+
+
+def cmd(script: str) -> dict[str, Any]:
+    return {"executor": "command", "run": ["sh", "-c", script]}
+
+
+def phase(phase_id: str, tier: str, index: int = 0, **extra: Any) -> dict[str, Any]:
+    return {"phase_id": phase_id, "phase_index": index, "tier_id": tier, "name": phase_id, **extra}
+
+
+def run_body(run_id: str, tiers: list[str], phases: list[dict[str, Any]], **run: Any) -> Any:
+    return {
+        "run": {"run_id": run_id, **run},
+        "tiers": [
+            {"tier_id": t, "tier_index": n, "name": f"tier {t}"} for n, t in enumerate(tiers)
+        ],
+        "phases": phases,
+    }
+
+
+async def start(client: httpx.AsyncClient, body: dict[str, Any]) -> str:
+    answer = await client.post("/runs/start", json=body)
+    assert answer.status_code == 201, answer.text
+    run_id: str = body["run"]["run_id"]
+    return run_id
+
+
+async def wait_run(settings_db: Database, run_id: str, *states: str, seconds: float = 60) -> Run:
+    deadline = time.monotonic() + seconds
+    while True:
+        async with settings_db.session() as session:
+            run = await session.get(Run, run_id)
+        if run is not None and (run.state in states):
+            return run
+        assert time.monotonic() < deadline, f"run never reached {states}: {run}"
+        await asyncio.sleep(0.1)
+
+
+async def phases_of(api: Api, run_id: str) -> dict[str, RunPhase]:
+    async with api.db.session() as session:
+        rows = await session.exec(select(RunPhase).where(RunPhase.run_id == run_id))
+        return {p.phase_id: p for p in rows}
+
+
+async def events_of(api: Api, run_id: str) -> list[Event]:
+    async with api.db.session() as session:
+        rows = await session.exec(select(Event).where(Event.resource_id == run_id))
+        return list(rows)
+
+
+async def open_gate(api: Api, run_id: str, seconds: float = 60) -> GateRow:
+    deadline = time.monotonic() + seconds
+    while True:
+        async with api.db.session() as session:
+            gate = (
+                await session.exec(
+                    select(GateRow).where(GateRow.resource_id == run_id, GateRow.state == "open")
+                )
+            ).first()
+        if gate is not None:
+            return gate
+        assert time.monotonic() < deadline, "no gate opened"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_two_tier_run_builds_audits_and_succeeds(
+    api: Api, admin: httpx.AsyncClient, client: Client
+) -> None:
+    body = run_body(
+        "build-1",
+        ["t1", "t2"],
+        [
+            phase(
+                "p1",
+                "t1",
+                builder=cmd("printf 'hello\\n' > feature.txt; echo '{\"tokens_used\": 40}'"),
+                auditor=cmd(f"grep -q hello feature.txt && {APPROVE}"),
+            ),
+            phase(
+                "p2",
+                "t2",
+                builder=cmd("printf 'one\\ntwo\\n' > second.txt"),
+                auditor=cmd("test -f feature.txt && test -f second.txt"),
+            ),
+        ],
+    )
+    answer = await admin.post("/runs/start", json=body)
+    assert answer.status_code == 201, answer.text
+    made = answer.json()
+    assert made["id"] == "build-1" and made["state"] == "RUN_CREATED"
+    assert [p["state"] for p in made["phases"]] == ["QUEUED", "QUEUED"]
+    run = await wait_run(api.db, "build-1", "DONE_SUCCESS", "DONE_FAILED_REQUIRES_HUMAN_REVIEW")
+    assert run.state == "DONE_SUCCESS", run.error
+    assert run.tokens_used == 50 and run.completed_at is not None
+    phases = await phases_of(api, "build-1")
+    assert {p.state for p in phases.values()} == {"COMPLETE"}
+    assert phases["p1"].files_changed == ["feature.txt"] and phases["p1"].lines_added == 1
+    assert phases["p2"].files_changed == ["second.txt"] and phases["p2"].lines_added == 2
+    built = [e for e in await events_of(api, "build-1") if e.type == "builder_finished"]
+    patch = api.settings.artifacts_dir / built[0].payload["patch_path"]
+    assert "+hello" in patch.read_text()
+    assert (await client.get_workflow_handle("build-1").describe()).status == (
+        WorkflowExecutionStatus.COMPLETED
+    )
+
+
+async def test_start_refuses_what_cannot_run(api: Api, admin: httpx.AsyncClient) -> None:
+    orphan = run_body("bad-1", ["t1"], [phase("p1", "nope")])
+    answer = await admin.post("/runs/start", json=orphan)
+    assert answer.status_code == 422 and "phases.0.tier_id" in answer.json()["detail"]
+    typo = run_body("bad-2", ["t1"], [phase("p1", "t1", auditr=cmd("true"))])
+    answer = await admin.post("/runs/start", json=typo)
+    assert answer.status_code == 422 and "did you mean `auditor`?" in answer.json()["detail"]
+    too_many = run_body("bad-3", ["t1"], [phase(f"p{n}", "t1", n) for n in range(3)], max_phases=2)
+    assert (await admin.post("/runs/start", json=too_many)).status_code == 422
+    async with api.db.session() as session:
+        assert list(await session.exec(select(Run))) == []
+
+
+async def test_a_duplicate_run_id_is_409_and_starts_are_rate_limited(
+    api: Api, admin: httpx.AsyncClient
+) -> None:
+    body = run_body("dup", ["t1"], [phase("p1", "t1", builder=cmd("true"))])
+    first = await admin.post("/runs/start", json=body)
+    assert first.status_code == 201
+    assert first.headers["X-RateLimit-Limit"] == "10"
+    again = await admin.post("/runs/start", json=body)
+    assert again.status_code == 409 and again.json()["error_code"] == "RUN_EXISTS"
+    answers = [
+        await admin.post("/runs/start", json=run_body(f"r{n}", ["t"], [phase("p", "t")]))
+        for n in range(10)
+    ]
+    limited = answers[-1]
+    assert limited.status_code == 429, [a.status_code for a in answers]
+    assert int(limited.headers["Retry-After"]) >= 1
+    assert limited.headers["X-RateLimit-Remaining"] == "0"
+    for answer in answers:
+        if answer.status_code == 201:
+            await admin.post(f"/runs/{answer.json()['id']}/cancel")
+
+
+async def test_an_outside_executor_posts_results_over_http(
+    api: Api, admin: httpx.AsyncClient
+) -> None:
+    external = {"executor": "external", "timeout_seconds": 120}
+    run_id = await start(
+        admin,
+        run_body("ext-1", ["t1"], [phase("p1", "t1", builder=external, auditor=external)]),
+    )
+    base = f"/runs/{run_id}/phases/p1"
+    await wait_event(api, run_id, "builder_awaited")
+    early = await admin.post(
+        f"{base}/auditor_result",
+        json={"phase_id": "p1", "run_id": run_id, "review_notes": "x", "recommendation": "approve"},
+    )
+    assert early.status_code == 409 and early.json()["error_code"] == "PHASE_NOT_AWAITING"
+    status = await admin.post(f"{base}/update_status", json={"state": "CI_RUNNING"})
+    assert status.status_code == 200 and status.json()["phase_state"] == "CI_RUNNING"
+    issue = await admin.post(
+        f"{base}/record_issue",
+        params={"issue_key": "flaky", "severity": "minor", "source": "test", "category": "t"},
+        json=["log.txt#12"],
+    )
+    assert issue.status_code == 200, issue.text
+    assert issue.json()["phase_file"]["minor_issue_count"] == 1
+    wrong = await admin.post(
+        f"{base}/builder_result", json={"phase_id": "p9", "run_id": run_id, "status": "success"}
+    )
+    assert wrong.status_code == 422
+    unknown = await admin.post(
+        f"/runs/{run_id}/phases/p9/builder_result",
+        json={"phase_id": "p9", "run_id": run_id, "status": "success"},
+    )
+    assert unknown.status_code == 404
+    extra = await admin.post(
+        f"{base}/builder_result",
+        json={"phase_id": "p1", "run_id": run_id, "status": "success", "tokns_used": 3},
+    )
+    assert extra.status_code == 422
+    built = await admin.post(
+        f"{base}/builder_result",
+        json={
+            "phase_id": "p1",
+            "run_id": run_id,
+            "status": "success",
+            "files_changed": ["a.py"],
+            "lines_added": 3,
+            "tokens_used": 1000,
+        },
+    )
+    assert built.status_code == 200, built.text
+    await wait_event(api, run_id, "auditor_awaited")
+    audited = await admin.post(
+        f"{base}/auditor_result",
+        json={
+            "phase_id": "p1",
+            "run_id": run_id,
+            "review_notes": "fine",
+            "recommendation": "approve",
+            "tokens_used": 200,
+        },
+    )
+    assert audited.status_code == 200, audited.text
+    run = await wait_run(api.db, run_id, "DONE_SUCCESS")
+    assert run.tokens_used == 1200
+    late = await admin.post(f"{base}/update_status", json={"state": "EXECUTING"})
+    assert late.status_code == 409
+
+
+async def wait_event(api: Api, run_id: str, kind: str, seconds: float = 60) -> Event:
+    deadline = time.monotonic() + seconds
+    while True:
+        found = [e for e in await events_of(api, run_id) if e.type == kind]
+        if found:
+            return found[-1]
+        assert time.monotonic() < deadline, f"no {kind} event"
+        await asyncio.sleep(0.1)
+
+
+REVISE_ONCE = (
+    'if [ "$PILOTHOUSE_ATTEMPT" -lt 2 ]; then '
+    'echo \'{"recommendation": "revise", "issues_found": [{"issue_key": "k"}]}\'; '
+    f"else {APPROVE}; fi"
+)
+
+
+async def test_revise_builds_again_then_fails_past_max_attempts(
+    api: Api, admin: httpx.AsyncClient, client: Client
+) -> None:
+    run_id = await start(
+        admin,
+        run_body(
+            "revise-1",
+            ["t1"],
+            [
+                phase(
+                    "p1",
+                    "t1",
+                    0,
+                    builder=cmd('echo "$PILOTHOUSE_AUDITOR_ISSUES" >> seen.txt'),
+                    auditor=cmd(REVISE_ONCE),
+                ),
+                phase(
+                    "p2",
+                    "t1",
+                    1,
+                    builder=cmd("true"),
+                    auditor=cmd('echo \'{"recommendation": "revise"}\''),
+                    max_attempts=2,
+                ),
+                phase("p3", "t1", 2, builder=cmd("true")),
+            ],
+        ),
+    )
+    run = await wait_run(api.db, run_id, "DONE_FAILED_REQUIRES_HUMAN_REVIEW", "DONE_SUCCESS")
+    assert run.state == "DONE_FAILED_REQUIRES_HUMAN_REVIEW"
+    phases = await phases_of(api, run_id)
+    assert phases["p1"].state == "COMPLETE" and phases["p1"].builder_attempts == 2
+    assert phases["p2"].state == "FAILED" and "max_attempts" in (phases["p2"].error or "")
+    assert phases["p3"].state == "SKIPPED"
+    seen = (api.settings.data_dir / "workspaces" / run_id / "seen.txt").read_text()
+    assert '"issue_key": "k"' in seen.splitlines()[1]
+    described = await client.get_workflow_handle(run_id).describe()
+    assert described.status == WorkflowExecutionStatus.FAILED
+
+
+async def test_escalate_and_risky_patches_wait_for_a_human(
+    api: Api, admin: httpx.AsyncClient
+) -> None:
+    run_id = await start(
+        admin,
+        run_body(
+            "gates-1",
+            ["t1"],
+            [
+                phase(
+                    "esc",
+                    "t1",
+                    0,
+                    builder=cmd("true"),
+                    auditor=cmd('echo \'{"recommendation": "escalate"}\''),
+                ),
+                phase(
+                    "big",
+                    "t1",
+                    1,
+                    builder=cmd("seq 1 5 > big.txt"),
+                    risk={"max_lines": 2},
+                ),
+                phase(
+                    "secret",
+                    "t1",
+                    2,
+                    builder=cmd("mkdir -p secrets && echo x > secrets/key"),
+                    risk={"protected_paths": ["secrets/*"]},
+                ),
+            ],
+        ),
+    )
+    escalated = await open_gate(api, run_id)
+    assert escalated.stage == "esc" and "escalated" in escalated.config["why"]
+    ok = await admin.post(f"/api/v1/approvals/{escalated.id}/decide", json={"outcome": "approve"})
+    assert ok.status_code == 200, ok.text
+    risky = await open_gate(api, run_id)
+    assert risky.stage == "big" and "risk.max_lines" in risky.config["why"]
+    await admin.post(f"/api/v1/approvals/{risky.id}/decide", json={"outcome": "approve"})
+    protected = await open_gate(api, run_id)
+    assert "secrets/key" in protected.config["why"]
+    no = await admin.post(
+        f"/api/v1/approvals/{protected.id}/decide",
+        json={"outcome": "reject", "reason": "not the keys"},
+    )
+    assert no.status_code == 200
+    run = await wait_run(api.db, run_id, "DONE_FAILED_REQUIRES_HUMAN_REVIEW")
+    phases = await phases_of(api, run_id)
+    assert [phases[p].state for p in ("esc", "big", "secret")] == ["COMPLETE", "COMPLETE", "FAILED"]
+    assert "not the keys" in (run.error or "")
+
+
+@pytest.mark.parametrize("outcome", ["approve", "reject"])
+async def test_the_budget_gate(api: Api, admin: httpx.AsyncClient, outcome: str) -> None:
+    spend = cmd("echo '{\"tokens_used\": 100}'")
+    run_id = await start(
+        admin,
+        run_body(
+            f"budget-{outcome}",
+            ["t1"],
+            [phase("p1", "t1", 0, builder=spend), phase("p2", "t1", 1, builder=spend)],
+            token_cap=50,
+        ),
+    )
+    gate = await open_gate(api, run_id)
+    assert gate.stage == "budget_exceeded" and "token_cap" in gate.config["why"]
+    decision: dict[str, Any] = {"outcome": outcome}
+    if outcome == "reject":
+        decision["reason"] = "too expensive"
+    assert (
+        await admin.post(f"/api/v1/approvals/{gate.id}/decide", json=decision)
+    ).status_code == 200
+    if outcome == "approve":
+        run = await wait_run(api.db, run_id, "DONE_SUCCESS")
+        assert run.tokens_used == 200
+    else:
+        await wait_run(api.db, run_id, "DONE_FAILED_BUDGET_EXHAUSTED")
+
+
+async def test_cancel_stops_a_run_and_closes_its_gates(api: Api, admin: httpx.AsyncClient) -> None:
+    run_id = await start(
+        admin,
+        run_body(
+            "cancel-1",
+            ["t1"],
+            [phase("p1", "t1", builder=cmd("true"), gate={"required": True})],
+        ),
+    )
+    gate = await open_gate(api, run_id)
+    answer = await admin.post(f"/runs/{run_id}/cancel")
+    assert answer.status_code == 200, answer.text
+    await wait_run(api.db, run_id, "DONE_CANCELED")
+    async with api.db.session() as session:
+        closed = await session.get(GateRow, gate.id)
+    assert closed is not None and closed.state == "canceled"
+    again = await admin.post(f"/runs/{run_id}/cancel")
+    assert again.status_code == 409
