@@ -43,10 +43,14 @@ class DecisionRecord(BaseModel):
 
 
 class CarriesDecisions(BaseModel):
-    """An activity input with the decisions the workflow has taken but not yet recorded."""
+    """An activity input with what the workflow has decided or done but not yet recorded:
+    decisions, then deferred transitions, written first, in the activity's transaction."""
 
     decisions: list[DecisionRecord] = Field(
         default_factory=list, description="Written first, in the same transaction"
+    )
+    facts: list[Transition] = Field(
+        default_factory=list, description="Deferred transitions, written after the decisions"
     )
 
 
@@ -66,6 +70,9 @@ class Transition(CarriesDecisions):
     parts: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description='Columns of parts with rows of their own: "phase:<id>"'
     )
+
+
+CarriesDecisions.model_rebuild()
 
 
 class GateOpened(CarriesDecisions):
@@ -103,6 +110,13 @@ def _decision_event(record: DecisionRecord) -> str:
     if record.gate_state == "open":
         return "gate_approval_recorded"
     return f"gate_{record.gate_state}"
+
+
+async def write_carried(session: AsyncSession, carried: CarriesDecisions) -> None:
+    """What an activity carries: decisions, then deferred transitions, in that order."""
+    await write_decisions(session, carried.decisions)
+    for fact in carried.facts:
+        await write_transition(session, fact)
 
 
 async def write_decisions(session: AsyncSession, decisions: list[DecisionRecord]) -> None:
@@ -159,7 +173,7 @@ async def write_decisions(session: AsyncSession, decisions: list[DecisionRecord]
 
 async def write_transition(session: AsyncSession, t: Transition) -> None:
     """A resource's new state and its event; at its end, its open gates close with it."""
-    await write_decisions(session, t.decisions)
+    await write_carried(session, t)
     state = {"state": t.state} if t.state is not None else {}
     await resources.set_fields(
         session, t.resource_kind, t.resource_id, stage=t.stage, error=t.error, **state, **t.changes
@@ -209,7 +223,7 @@ class Records:
     @activity.defn(name="records.gate_opened")
     async def gate_opened(self, g: GateOpened) -> None:
         async with self.db.session() as session:
-            await write_decisions(session, g.decisions)
+            await write_carried(session, g)
             if await session.get(GateRow, g.gate_id) is not None:
                 await session.commit()
                 return
@@ -252,7 +266,7 @@ class Records:
     @activity.defn(name="records.gate_reminder")
     async def gate_reminder(self, r: GateReminder) -> None:
         async with self.db.session() as session:
-            await write_decisions(session, r.decisions)
+            await write_carried(session, r)
             await events.append(
                 session,
                 r.resource_kind,
@@ -269,7 +283,7 @@ class Records:
     async def decisions(self, c: CarriesDecisions) -> None:
         """Decisions alone: approvals that leave a quorum gate open start nothing else."""
         async with self.db.session() as session:
-            await write_decisions(session, c.decisions)
+            await write_carried(session, c)
             await session.commit()
 
     @activity.defn(name="records.decision")
@@ -283,7 +297,7 @@ class Records:
     async def issue(self, f: IssueFact) -> None:
         """An issue a phase reported: its row (counted by key), the phase's counts, an event."""
         async with self.db.session() as session:
-            await write_decisions(session, f.decisions)
+            await write_carried(session, f)
             phase = (
                 await session.exec(
                     select(RunPhase).where(

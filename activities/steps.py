@@ -23,7 +23,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import workspaces
-from activities.records import CarriesDecisions, write_decisions
+from activities.records import CarriesDecisions, write_carried
 from activities.workspaces import Diff
 from store import events, resources
 from store.engine import Database
@@ -158,7 +158,7 @@ class Steps:
     async def _started(self, step: StepInput, attempt: int) -> None:
         async with self.db.session() as session:
             # The decision that let this stage start comes first in the log.
-            await write_decisions(session, step.decisions)
+            await write_carried(session, step)
             await resources.set_fields(
                 session,
                 step.resource_kind,

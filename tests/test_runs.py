@@ -384,3 +384,20 @@ async def test_cancel_stops_a_run_and_closes_its_gates(api: Api, admin: httpx.As
     assert closed is not None and closed.state == "canceled"
     again = await admin.post(f"/runs/{run_id}/cancel")
     assert again.status_code == 409
+
+
+async def test_a_parallel_tier_runs_its_phases_at_once(api: Api, admin: httpx.AsyncClient) -> None:
+    # Each builder waits for the other's mark: only phases that run at once both finish.
+    meet = "touch {me}; for i in $(seq 100); do [ -e {other} ] && exit 0; sleep 0.1; done; exit 1"
+    body = run_body(
+        "parallel-1",
+        ["t1"],
+        [
+            phase("a", "t1", 0, builder=cmd(meet.format(me="a.mark", other="b.mark"))),
+            phase("b", "t1", 1, builder=cmd(meet.format(me="b.mark", other="a.mark"))),
+        ],
+    )
+    body["tiers"][0]["parallel"] = True
+    run_id = await start(admin, body)
+    run = await wait_run(api.db, run_id, "DONE_SUCCESS", "DONE_FAILED_REQUIRES_HUMAN_REVIEW")
+    assert run.state == "DONE_SUCCESS", run.error

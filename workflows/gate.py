@@ -17,7 +17,13 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.records import CarriesDecisions, DecisionRecord, GateOpened, GateReminder
+    from activities.records import (
+        CarriesDecisions,
+        DecisionRecord,
+        GateOpened,
+        GateReminder,
+        Transition,
+    )
     from settings import LIMITS
     from strict import Id, JsonObject, JsonSchema, Name, Strict, Text
     from workflows import attributes
@@ -156,19 +162,28 @@ class Gated:
         self._open: dict[str, GateState] = {}
         self._closed: dict[str, GateState] = {}
         self._unrecorded: list[DecisionRecord] = []
+        self._deferred: list[Transition] = []
 
     # --- activities that write ---------------------------------------------------------
 
     async def carrying(self, activity: str, fact: CarriesDecisions, **options: Any) -> Any:
-        """Run an activity that writes, handing it the decisions not yet recorded. They stay
-        pending until an activity that carried them has succeeded; carrying one twice is
-        harmless, as the writer skips a decision it finds."""
+        """Run an activity that writes, handing it the decisions not yet recorded and the
+        deferred transitions. They stay pending until an activity that carried them has
+        succeeded; carrying a decision twice is harmless, as the writer skips one it finds."""
         carried = list(self._unrecorded)
+        deferred = list(self._deferred)
         fact.decisions = carried
+        fact.facts = deferred
         result = await workflow.execute_activity(activity, fact, **options)
         written = {d.id for d in carried}
         self._unrecorded = [d for d in self._unrecorded if d.id not in written]
+        self._deferred = self._deferred[len(deferred) :]
         return result
+
+    def defer(self, fact: Transition) -> None:
+        """Record a transition with the next activity the workflow runs, rather than with
+        one of its own: a step's start, a gate's opening or the end carries it, first."""
+        self._deferred.append(fact)
 
     async def record(self, activity: str, fact: CarriesDecisions) -> None:
         """Write a fact through a `records.*` activity: the one way workflows record, with

@@ -188,6 +188,7 @@ class RunWorkflow(Gated):
             f"tier {tier.tier_id} started",
             state="PHASE_EXECUTION",
             parts={f"tier:{tier.tier_id}": {"state": "IN_PROGRESS"}},
+            defer=True,
         )
         if tier.parallel:
             failures = await asyncio.gather(*(self._phase(run, p) for p in phases))
@@ -203,6 +204,7 @@ class RunWorkflow(Gated):
                 "tier_completed",
                 f"tier {tier.tier_id} completed",
                 parts={f"tier:{tier.tier_id}": {"state": "COMPLETE"}},
+                defer=True,
             )
         return failed
 
@@ -248,6 +250,7 @@ class RunWorkflow(Gated):
                 state="GATE",
                 phase=spec.phase_id,
                 parts={f"phase:{spec.phase_id}": {"state": "GATE"}},
+                defer=True,
             )
             result = await self.run_gate(
                 spec.phase_id,
@@ -266,6 +269,7 @@ class RunWorkflow(Gated):
             state="PHASE_EXECUTION",
             phase=spec.phase_id,
             parts={f"phase:{spec.phase_id}": {"state": "COMPLETE"}},
+            defer=True,
         )
         return None
 
@@ -343,6 +347,7 @@ class RunWorkflow(Gated):
                 }
             },
             payload=built | {"attempt": attempt},
+            defer=True,
         )
         return built
 
@@ -417,6 +422,7 @@ class RunWorkflow(Gated):
                 "tokens_used": audit.tokens,
                 "attempt": attempt,
             },
+            defer=True,
         )
         return audit
 
@@ -498,6 +504,7 @@ class RunWorkflow(Gated):
             f"{self.tokens} tokens used, over the cap of {self.cap}",
             state="GATE",
             payload={"tokens_used": self.tokens, "token_cap": self.cap},
+            defer=True,
         )
         result = await self.run_gate(
             BUDGET,
@@ -620,25 +627,29 @@ class RunWorkflow(Gated):
         changes: dict[str, Any] | None = None,
         error: str | None = None,
         final: bool = False,
+        defer: bool = False,
     ) -> None:
+        """Record a transition of the run; with `defer`, by the next activity the run
+        starts anyway (always before it waits on anything), to spare a round trip."""
         if state is not None:
             workflow.upsert_search_attributes([attributes.STATE.value_set(state)])
-        await self.record(
-            "records.transition",
-            Transition(
-                resource_kind=self.kind,
-                resource_id=self.run_id,
-                state=state,
-                stage=phase,
-                error=error,
-                event_type=event_type,
-                message=message,
-                payload={"phase_id": phase, "status": state, **(payload or {})},
-                parts=parts or {},
-                changes={"tokens_used": self.tokens, **(changes or {})},
-                final=final,
-            ),
+        fact = Transition(
+            resource_kind=self.kind,
+            resource_id=self.run_id,
+            state=state,
+            stage=phase,
+            error=error,
+            event_type=event_type,
+            message=message,
+            payload={"phase_id": phase, "status": state, **(payload or {})},
+            parts=parts or {},
+            changes={"tokens_used": self.tokens, **(changes or {})},
+            final=final,
         )
+        if defer:
+            self.defer(fact)
+        else:
+            await self.record("records.transition", fact)
 
     async def _phase_failed(self, phase: Phase, reason: str) -> str:
         phase.state = "FAILED"
