@@ -1,0 +1,215 @@
+"""Benchmarks of runs, each beside bare Temporal in the same run, on one dev server, with
+the API and the worker as their own processes.
+
+(a) one run of 3 tiers x 3 phases, `true` as every builder and auditor, end to end, beside
+    a bare workflow that runs the same 18 activities (`true` each) in the same order
+(b) an outside executor's `auditor_result` POST → the next phase's builder started (p50
+    over 50), beside a raw `execute_update` to a waiting workflow that then starts one
+    activity
+
+Run: `python -m bench.runs [--database-url URL] [--rounds 50]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from bench.jobs import pct, peak_kib, spawn, ts, wait_ready
+from bench.raw import RawResult, RawSteps, run_true
+from settings import Settings
+from stack import temporal_binary
+from store import migrate
+from store.engine import Database
+from store.tokens import Scope, create_token
+from tests.conftest import free_port
+from workflows import attributes
+
+TRUE = {"executor": "command", "run": ["true"]}
+EXTERNAL = {"executor": "external", "timeout_seconds": 600}
+
+
+def run_body(run_id: str, tiers: int, phases: int, **phase: Any) -> dict[str, Any]:
+    return {
+        "run": {"run_id": run_id, "max_phases": tiers * phases},
+        "tiers": [{"tier_id": f"t{t}", "tier_index": t, "name": f"t{t}"} for t in range(tiers)],
+        "phases": [
+            {
+                "phase_id": f"p{t}-{p}",
+                "phase_index": p,
+                "tier_id": f"t{t}",
+                "name": f"p{t}-{p}",
+                **phase,
+            }
+            for t in range(tiers)
+            for p in range(phases)
+        ],
+    }
+
+
+async def events(http: httpx.AsyncClient, run_id: str, after: int = 0) -> list[dict[str, Any]]:
+    page = await http.get(f"/runs/{run_id}/events", params={"after": after, "limit": 500})
+    page.raise_for_status()
+    items: list[dict[str, Any]] = page.json()["items"]
+    return items
+
+
+async def wait_event(
+    http: httpx.AsyncClient, run_id: str, kind: str, stage: str | None = None
+) -> dict[str, Any]:
+    while True:
+        for event in await events(http, run_id):
+            if event["type"] == kind and (stage is None or event["stage"] == stage):
+                return event
+        await asyncio.sleep(0.02)
+
+
+async def whole_run(http: httpx.AsyncClient, client: Client, rounds: int) -> dict[str, float]:
+    """Rounds alternate ours and bare, so both see the same machine."""
+    ours: list[float] = []
+    bare: list[float] = []
+    for n in range(rounds):
+        run_id = f"bench-{uuid.uuid4().hex[:8]}"
+        answer = await http.post(
+            "/runs/start", json=run_body(run_id, 3, 3, builder=TRUE, auditor=TRUE)
+        )
+        answer.raise_for_status()
+        end = await wait_event(http, run_id, "run_done_success")
+        first = (await events(http, run_id))[0]
+        ours.append((ts(end["ts"]) - ts(first["ts"])).total_seconds())
+        start = time.perf_counter()
+        await client.execute_workflow(
+            RawSteps.run, 18, id=f"raw-steps-{n}-{uuid.uuid4()}", task_queue="bench-raw"
+        )
+        bare.append(time.perf_counter() - start)
+    return {"ours": statistics.median(ours), "bare": statistics.median(bare)}
+
+
+async def result_latency(http: httpx.AsyncClient, client: Client, rounds: int) -> dict[str, float]:
+    run_id = f"bench-ext-{uuid.uuid4().hex[:8]}"
+    body = run_body(run_id, 1, rounds + 1, builder=TRUE, auditor=EXTERNAL)
+    (await http.post("/runs/start", json=body)).raise_for_status()
+    ours: list[float] = []
+    raw: list[float] = []
+    for p in range(rounds):
+        phase = f"p0-{p}"
+        await wait_event(http, run_id, "auditor_awaited", phase)
+        sent = datetime.now(UTC)
+        answer = await http.post(
+            f"/runs/{run_id}/phases/{phase}/auditor_result",
+            json={
+                "phase_id": phase,
+                "run_id": run_id,
+                "review_notes": "ok",
+                "recommendation": "approve",
+            },
+        )
+        answer.raise_for_status()
+        started = await wait_event(http, run_id, "stage_started", f"p0-{p + 1}.builder")
+        ours.append((ts(started["ts"]) - sent).total_seconds() * 1000)
+
+        handle = await client.start_workflow(
+            RawResult.run, id=f"raw-result-{uuid.uuid4()}", task_queue="bench-raw"
+        )
+        await handle.query(RawResult.waiting)
+        before = time.time()
+        await handle.execute_update(RawResult.post, "approve")
+        activity_started = await handle.result()
+        raw.append((activity_started - before) * 1000)
+    await http.post(f"/runs/{run_id}/cancel")
+    return {
+        "ours_p50": statistics.median(ours),
+        "ours_p95": pct(ours, 0.95),
+        "raw_p50": statistics.median(raw),
+        "raw_p95": pct(raw, 0.95),
+    }
+
+
+async def main(database_url: str | None, rounds: int, only: str) -> None:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(),
+        search_attributes=attributes.ALL,
+        dev_server_log_level="error",
+        dev_server_extra_args=["--sqlite-pragma", "journal_mode=WAL"],
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(
+            data_dir=Path(tmp),
+            database_url=database_url,
+            temporal_address=env.client.service_client.config.target_host,
+            api_port=free_port(),
+            _env_file=None,
+        )
+        migrate.upgrade(settings.db_url)
+        db = Database(settings.db_url)
+        async with db.session() as session:
+            _, token = await create_token(session, f"bench-{uuid.uuid4().hex[:6]}", [Scope.admin])
+            await session.commit()
+        await db.dispose()
+        api = spawn(["api"], settings)
+        worker = spawn(["worker"], settings)
+        http = httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{settings.api_port}",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+        )
+        client = await Client.connect(
+            settings.temporal_target, data_converter=pydantic_data_converter
+        )
+        try:
+            await wait_ready(http)
+            print(f"database: {'PostgreSQL' if database_url else 'SQLite'}; dev server, 2 cores")
+            async with Worker(
+                client,
+                task_queue="bench-raw",
+                workflows=[RawSteps, RawResult],
+                activities=[run_true],
+            ):
+                if "a" in only:
+                    # /runs/start allows 10 a minute: a few rounds of a whole run.
+                    a = await whole_run(http, client, min(rounds, 5))
+                    print(
+                        f"(a) 3 tiers x 3 phases, `true` builders and auditors  {a['ours']:5.2f} s"
+                        f"   bare 18 activities {a['bare']:5.2f} s"
+                        f"   ratio {a['ours'] / a['bare']:4.2f}x  (target ≤ 1.5x)"
+                    )
+                if "b" in only:
+                    b = await result_latency(http, client, rounds)
+                    print(
+                        f"(b) auditor_result → next builder started  p50 {b['ours_p50']:6.1f} ms"
+                        f"  p95 {b['ours_p95']:6.1f} ms   raw update → activity started"
+                        f" p50 {b['raw_p50']:5.1f} ms  p95 {b['raw_p95']:5.1f} ms"
+                        f"   ratio p50 {b['ours_p50'] / b['raw_p50']:4.2f}x  (target ≤ 1.5x)"
+                    )
+            print(
+                f"peak memory  api {peak_kib(api.pid) / 1024:6.1f} MiB"
+                f"   worker {peak_kib(worker.pid) / 1024:6.1f} MiB"
+            )
+        finally:
+            await http.aclose()
+            for process in (api, worker):
+                process.terminate()
+                process.wait(30)
+            await env.shutdown()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--database-url", default=None)
+    parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--only", default="ab", help="which benchmarks to run, e.g. 'a'")
+    args = parser.parse_args()
+    asyncio.run(main(args.database_url, args.rounds, args.only))
