@@ -27,6 +27,7 @@ test: lint
 bench: install
 	$(BIN)/python -m bench.startup
 	$(BIN)/python -m bench.jobs
+	$(BIN)/python -m bench.runs
 
 clean:
 	rm -rf $(VENV) .pilothouse .pytest_cache .mypy_cache .ruff_cache
