@@ -59,6 +59,15 @@ async def create_and_start(
             row, fresh = await _load(session, table, earlier), False
         else:
             session.add(row)
+            try:
+                await session.flush()
+            except sa.exc.IntegrityError:
+                # The caller chose the id (a run's run_id) and it is taken; with a key, the
+                # key is new, so this is not a repeat of the request that took it.
+                await session.rollback()
+                raise ApiError(
+                    409, f"{kind.upper()}_EXISTS", f"a {kind} {_id(row)!r} exists already"
+                ) from None
             if key:
                 rid = row.id  # type: ignore[attr-defined]
                 winner = await idempotency.claim(

@@ -401,3 +401,13 @@ async def test_a_parallel_tier_runs_its_phases_at_once(api: Api, admin: httpx.As
     run_id = await start(admin, body)
     run = await wait_run(api.db, run_id, "DONE_SUCCESS", "DONE_FAILED_REQUIRES_HUMAN_REVIEW")
     assert run.state == "DONE_SUCCESS", run.error
+
+
+async def test_a_taken_run_id_is_409_with_or_without_a_key(admin: httpx.AsyncClient) -> None:
+    body = run_body("taken", ["t1"], [phase("p1", "t1", builder=cmd("true"))])
+    first = await admin.post("/runs/start", json=body, headers={"Idempotency-Key": "one"})
+    assert first.status_code == 201
+    replay = await admin.post("/runs/start", json=body, headers={"Idempotency-Key": "one"})
+    assert replay.status_code == 201 and replay.json()["id"] == "taken"
+    other = await admin.post("/runs/start", json=body, headers={"Idempotency-Key": "two"})
+    assert other.status_code == 409 and other.json()["error_code"] == "RUN_EXISTS"

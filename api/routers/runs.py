@@ -75,8 +75,6 @@ async def start_run(
 ) -> RunResponse:
     """Starts `RunWorkflow`: tiers in order, each phase built, audited, maybe gated."""
     spec = body.run
-    if key is None and await session.get(Run, spec.run_id) is not None:
-        raise ApiError(409, "RUN_EXISTS", f"run.run_id: a run {spec.run_id!r} exists")
     assert spec.token_cap and spec.max_phases and spec.max_duration_minutes
     now = utcnow()
     run = await create_and_start(
