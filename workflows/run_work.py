@@ -1,0 +1,426 @@
+"""The work of a run's phases, under `RunWorkflow`: builders and auditors as commands on
+the step executor or as outside executors posting to the `phase` Update, and the one way
+the run records what happens (a transition, maybe deferred to the next activity).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
+
+with workflow.unsafe.imports_passed_through():
+    from activities.records import IssueFact, Transition
+    from activities.steps import StepInput, StepResult
+    from workflows import attributes
+    from workflows.gate import Gated, refuse
+    from workflows.jobs import WORKER_LOSSES
+    from workflows.run_results import (
+        AuditorResult,
+        BuilderResult,
+        PhaseAnswer,
+        PhaseCall,
+        PhaseState,
+    )
+    from workflows.run_spec import CommandExecutor, PhaseSpec
+
+DONE = ("COMPLETE", "FAILED", "SKIPPED")
+
+
+class RunInput(BaseModel):
+    """Loosely typed on purpose: `spec` is checked as a `RunSpec` in the workflow."""
+
+    run_id: str
+    spec: dict[str, Any]
+    auto_approve_allowed: bool = True
+    heartbeat_timeout_seconds: float = 5
+    kill_grace_seconds: float = 15
+
+
+@dataclass
+class Audit:
+    recommendation: Literal["approve", "revise", "escalate"] = "approve"
+    notes: str = ""
+    issues: list[dict[str, Any]] = field(default_factory=list)
+    tokens: int = 0
+
+
+@dataclass
+class Phase:
+    """One phase inside the workflow: its state, and what it waits for from outside."""
+
+    spec: PhaseSpec
+    state: PhaseState = "QUEUED"
+    awaiting: Literal["builder", "auditor"] | None = None
+    builder: BuilderResult | None = None
+    auditor: AuditorResult | None = None
+    openings: int = 0
+    tokens: int = 0
+
+
+class PhaseWork(Gated):
+    """Builders, auditors and recording, for `RunWorkflow` to put in order."""
+
+    kind = "run"
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__()
+        self.run_id = run_id
+        self.phases: dict[str, Phase] = {}
+        self.tokens = 0
+        self.workdir = ""
+        self._ended = False
+
+    async def _build(
+        self, run: RunInput, phase: Phase, attempt: int, issues: list[dict[str, Any]]
+    ) -> dict[str, Any] | str:
+        """What the builder changed (`files_changed`, `lines_added`, `lines_removed`,
+        `tokens_used`, `patch_path`), or why it failed."""
+        spec = phase.spec
+        part = f"phase:{spec.phase_id}"
+        if isinstance(spec.builder, CommandExecutor):
+            env = {
+                "PILOTHOUSE_RUN_ID": self.run_id,
+                "PILOTHOUSE_PHASE_ID": spec.phase_id,
+                "PILOTHOUSE_ATTEMPT": str(attempt),
+                "PILOTHOUSE_PHASE": spec.model_dump_json(
+                    include={"name", "description", "task_category", "complexity", "scope"}
+                ),
+                "PILOTHOUSE_AUDITOR_ISSUES": json.dumps(issues),
+            }
+            step = await self._step(
+                run,
+                spec,
+                "builder",
+                spec.builder,
+                env,
+                diff=True,
+                parts={part: {"state": "EXECUTING", "builder_attempts": attempt}},
+            )
+            if isinstance(step, str):
+                return step
+            report = last_json(step.tail)
+            diff = step.diff.model_dump() if step.diff else {}
+            built = {
+                "files_changed": diff.get("files_changed", []),
+                "lines_added": diff.get("lines_added", 0),
+                "lines_removed": diff.get("lines_removed", 0),
+                "patch_path": diff.get("patch_path"),
+                "tokens_used": int(report.get("tokens_used", 0) or 0),
+            }
+        else:
+            await self._record(
+                "builder_awaited",
+                f"{spec.phase_id}: waiting for the builder's result (attempt {attempt})",
+                state="PHASE_EXECUTION",
+                phase=spec.phase_id,
+                parts={part: {"state": "EXECUTING", "builder_attempts": attempt}},
+                payload={"attempt": attempt, "auditor_issues": issues},
+            )
+            result = await self._await(phase, "builder", spec.builder.timeout_seconds)
+            if result is None:
+                return f"no builder result within {spec.builder.timeout_seconds:g} s"
+            assert isinstance(result, BuilderResult)
+            if result.status == "failed":
+                return f"the builder failed: {result.notes or 'no notes'}"
+            built = {
+                "files_changed": list(result.files_changed),
+                "lines_added": result.lines_added,
+                "lines_removed": result.lines_removed,
+                "patch_path": None,
+                "tokens_used": result.tokens_used,
+                "needs_review": result.status == "needs_review",
+            }
+        await self._record(
+            "builder_finished",
+            f"{spec.phase_id}: built, {len(built['files_changed'])} files changed "
+            f"(+{built['lines_added']} -{built['lines_removed']})",
+            phase=spec.phase_id,
+            parts={
+                part: {
+                    "files_changed": built["files_changed"][:1000],
+                    "lines_added": built["lines_added"],
+                    "lines_removed": built["lines_removed"],
+                    "tokens_used": self._phase_tokens(spec.phase_id, built["tokens_used"]),
+                }
+            },
+            payload=built | {"attempt": attempt},
+            defer=True,
+        )
+        return built
+
+    async def _audit(
+        self, run: RunInput, phase: Phase, attempt: int, built: dict[str, Any]
+    ) -> Audit:
+        spec = phase.spec
+        auditor = spec.auditor
+        part = f"phase:{spec.phase_id}"
+        if auditor is None:
+            return Audit()
+        if isinstance(auditor, CommandExecutor):
+            env = {
+                "PILOTHOUSE_RUN_ID": self.run_id,
+                "PILOTHOUSE_PHASE_ID": spec.phase_id,
+                "PILOTHOUSE_ATTEMPT": str(attempt),
+                "PILOTHOUSE_FILES_CHANGED": json.dumps(built["files_changed"]),
+            }
+            step = await self._step(
+                run, spec, "auditor", auditor, env, parts={part: {"auditor_attempts": attempt}}
+            )
+            tail = step.tail if isinstance(step, StepResult) else failed_tail(step)
+            report = last_json(tail)
+            recommendation: Literal["approve", "revise", "escalate"] = (
+                "approve" if isinstance(step, StepResult) else "revise"
+            )
+            if report.get("recommendation") in ("approve", "revise", "escalate"):
+                recommendation = report["recommendation"]
+            audit = Audit(
+                recommendation=recommendation,
+                notes=str(report.get("review_notes", "") or ("\n".join(tail[-5:]))),
+                issues=list(report.get("issues_found", []) or []),
+                tokens=int(report.get("tokens_used", 0) or 0),
+            )
+        else:
+            await self._record(
+                "auditor_awaited",
+                f"{spec.phase_id}: waiting for the auditor's result",
+                phase=spec.phase_id,
+                parts={part: {"auditor_attempts": attempt}},
+            )
+            result = await self._await(phase, "auditor", auditor.timeout_seconds)
+            if result is None:
+                audit = Audit(
+                    recommendation="escalate",
+                    notes=f"no auditor result within {auditor.timeout_seconds:g} s",
+                )
+            else:
+                assert isinstance(result, AuditorResult)
+                audit = Audit(
+                    recommendation=result.recommendation,
+                    notes=result.review_notes,
+                    issues=[i.model_dump() for i in result.issues_found],
+                    tokens=result.tokens_used,
+                )
+        if built.get("needs_review") and audit.recommendation == "approve":
+            audit.recommendation = "escalate"
+        await self._record(
+            "auditor_finished",
+            f"{spec.phase_id}: the auditor recommends {audit.recommendation}",
+            phase=spec.phase_id,
+            parts={
+                part: {
+                    "recommendation": audit.recommendation,
+                    "tokens_used": self._phase_tokens(spec.phase_id, audit.tokens),
+                }
+            },
+            payload={
+                "recommendation": audit.recommendation,
+                "review_notes": audit.notes[:2000],
+                "issues_found": audit.issues[:50],
+                "tokens_used": audit.tokens,
+                "attempt": attempt,
+            },
+            defer=True,
+        )
+        return audit
+
+    async def _step(
+        self,
+        run: RunInput,
+        spec: PhaseSpec,
+        role: str,
+        executor: CommandExecutor,
+        env: dict[str, str],
+        *,
+        parts: dict[str, dict[str, Any]],
+        diff: bool = False,
+    ) -> StepResult | str:
+        """Run a builder's or auditor's command; its result, or why it could not run.
+        An auditor's failing command still has a result: its details carry the tail."""
+        try:
+            result: StepResult = await self.carrying(
+                "steps.run",
+                StepInput(
+                    resource_kind=self.kind,
+                    resource_id=self.run_id,
+                    stage=f"{spec.phase_id}.{role}",
+                    argv=executor.run,
+                    cwd=self.workdir,
+                    env=env | executor.env,
+                    timeout_seconds=executor.timeout_seconds,
+                    kill_grace_seconds=run.kill_grace_seconds,
+                    diff=diff,
+                    resource_state="PHASE_EXECUTION",
+                    parts=parts,
+                ),
+                result_type=StepResult,
+                start_to_close_timeout=timedelta(
+                    seconds=(executor.timeout_seconds or 24 * 3600) + run.kill_grace_seconds + 60
+                ),
+                heartbeat_timeout=timedelta(seconds=run.heartbeat_timeout_seconds),
+                retry_policy=RetryPolicy(
+                    maximum_attempts=1 + WORKER_LOSSES, initial_interval=timedelta(seconds=1)
+                ),
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            )
+        except ActivityError as err:
+            if is_cancelled_exception(err):
+                raise
+            if role == "auditor" and isinstance(err.cause, ApplicationError):
+                return json.dumps(list(err.cause.details[:1]))
+            return f"the {role} failed: {cause(err)}"
+        return result
+
+    async def _await(
+        self, phase: Phase, role: Literal["builder", "auditor"], timeout_s: float
+    ) -> BuilderResult | AuditorResult | None:
+        """Wait for an outside executor's result; None when the timer ran out first."""
+        phase.awaiting = role
+        phase.builder = phase.auditor = None
+        try:
+            await workflow.wait_condition(
+                lambda: getattr(phase, role) is not None, timeout=timedelta(seconds=timeout_s)
+            )
+        except TimeoutError:
+            return None
+        finally:
+            phase.awaiting = None
+        result: BuilderResult | AuditorResult | None = getattr(phase, role)
+        return result
+
+    def _phase_tokens(self, phase_id: str, tokens: int) -> int:
+        phase = self.phases[phase_id]
+        phase.tokens += tokens
+        return phase.tokens
+
+    # --- the executor's Update ------------------------------------------------------------
+
+    @workflow.update
+    async def phase(self, call: PhaseCall) -> PhaseAnswer:
+        phase = self._check_call(call)
+        if call.builder is not None:
+            phase.builder = call.builder
+            message = "Builder result submitted"
+        elif call.auditor is not None:
+            phase.auditor = call.auditor
+            message = "Auditor result submitted"
+        elif call.issue is not None:
+            await self.record(
+                "records.issue",
+                IssueFact(
+                    run_id=self.run_id, phase_id=call.phase_id, issue=call.issue.model_dump()
+                ),
+            )
+            message = "Issue recorded"
+        else:
+            assert call.status is not None
+            values = call.status.model_dump(exclude_none=True, exclude={"quality_blocked"})
+            if values.get("state") in DONE:
+                values.pop("state")  # a phase ends by its results, not by a status report
+            if "state" in values:
+                phase.state = values["state"]
+            await self._record(
+                "phase_status",
+                f"{call.phase_id}: status reported: {call.status.state}",
+                phase=call.phase_id,
+                parts={f"phase:{call.phase_id}": values},
+                payload=call.status.model_dump(exclude_none=True),
+            )
+            message = "Phase status updated"
+        return PhaseAnswer(
+            message=message, phase_id=call.phase_id, run_id=self.run_id, phase_state=phase.state
+        )
+
+    @phase.validator
+    def _validate_phase(self, call: PhaseCall) -> None:
+        self._check_call(call)
+
+    def _check_call(self, call: PhaseCall) -> Phase:
+        phase = self.phases.get(call.phase_id)
+        if phase is None:
+            raise refuse("PHASE_NOT_FOUND", f"run {self.run_id} has no phase {call.phase_id!r}")
+        if self._ended:
+            raise refuse("PHASE_NOT_AWAITING", f"run {self.run_id} has ended")
+        for role in ("builder", "auditor"):
+            if getattr(call, role) is not None and phase.awaiting != role:
+                raise refuse(
+                    "PHASE_NOT_AWAITING",
+                    f"phase {call.phase_id} is {phase.state} and waits for no {role} result",
+                )
+        if call.status is not None and phase.state in DONE:
+            raise refuse("PHASE_NOT_AWAITING", f"phase {call.phase_id} is {phase.state}")
+        return phase
+
+    # --- recording --------------------------------------------------------------------------
+
+    async def _record(
+        self,
+        event_type: str,
+        message: str,
+        *,
+        state: str | None = None,
+        phase: str | None = None,
+        parts: dict[str, dict[str, Any]] | None = None,
+        payload: dict[str, Any] | None = None,
+        changes: dict[str, Any] | None = None,
+        error: str | None = None,
+        final: bool = False,
+        defer: bool = False,
+    ) -> None:
+        """Record a transition of the run; with `defer`, by the next activity the run
+        starts anyway (always before it waits on anything), to spare a round trip."""
+        if state is not None:
+            workflow.upsert_search_attributes([attributes.STATE.value_set(state)])
+        fact = Transition(
+            resource_kind=self.kind,
+            resource_id=self.run_id,
+            state=state,
+            stage=phase,
+            error=error,
+            event_type=event_type,
+            message=message,
+            payload={"phase_id": phase, "status": state, **(payload or {})},
+            parts=parts or {},
+            changes={"tokens_used": self.tokens, **(changes or {})},
+            final=final,
+        )
+        if defer:
+            self.defer(fact)
+        else:
+            await self.record("records.transition", fact)
+
+
+def cause(err: ActivityError) -> str:
+    inner = err.cause
+    return inner.message if isinstance(inner, ApplicationError) else str(inner or err)
+
+
+def last_json(tail: list[str]) -> dict[str, Any]:
+    """The JSON object on a command's last printed line, if there is one."""
+    for line in reversed(tail):
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("{"):
+            try:
+                value = json.loads(text)
+            except ValueError:
+                return {}
+            return value if isinstance(value, dict) else {}
+        return {}
+    return {}
+
+
+def failed_tail(details: str) -> list[str]:
+    """The tail of a failed step, from the StepResult its error carries."""
+    try:
+        [result] = json.loads(details)
+        return list(result.get("tail", []))
+    except (ValueError, TypeError, AttributeError):
+        return []
