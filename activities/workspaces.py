@@ -15,7 +15,16 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-GIT = ("git", "-c", "user.name=Pilothouse", "-c", "user.email=pilothouse@localhost")
+GIT = (
+    "git",
+    "-c",
+    "user.name=Pilothouse",
+    "-c",
+    "user.email=pilothouse@localhost",
+    # Only transports that move data: never `ext::`, which runs a command.
+    "-c",
+    "protocol.ext.allow=never",
+)
 PATCH_EXCERPT_BYTES = 8 * 1024
 
 

@@ -133,6 +133,9 @@ async def test_start_refuses_what_cannot_run(api: Api, admin: httpx.AsyncClient)
     typo = run_body("bad-2", ["t1"], [phase("p1", "t1", auditr=cmd("true"))])
     answer = await admin.post("/runs/start", json=typo)
     assert answer.status_code == 422 and "did you mean `auditor`?" in answer.json()["detail"]
+    command = run_body("bad-4", ["t1"], [phase("p1", "t1")], repository="ext::sh -c x")
+    answer = await admin.post("/runs/start", json=command)
+    assert answer.status_code == 422 and "run.repository" in answer.json()["detail"]
     too_many = run_body("bad-3", ["t1"], [phase(f"p{n}", "t1", n) for n in range(3)], max_phases=2)
     assert (await admin.post("/runs/start", json=too_many)).status_code == 422
     async with api.db.session() as session:

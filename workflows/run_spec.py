@@ -16,6 +16,8 @@ from workflows.gate import GateConfig
 from workflows.jobs import ENV_NAME
 
 RUN_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$"
+# No git transport that runs commands (`ext::`), and nothing git could take for an option.
+REPOSITORY = r"^(https?://|ssh://|git://|file://|git@[A-Za-z0-9.-]+:|/)[^\s]+$"
 DEFAULT_TOKEN_CAP = 5_000_000
 DEFAULT_MAX_PHASES = 25
 DEFAULT_MAX_MINUTES = 120
@@ -90,7 +92,11 @@ class RunCreate(Strict):
         DEFAULT_MAX_MINUTES, ge=1, le=int(LIMITS.max_duration_s // 60)
     )
     workdir: PathText | None = Field(None, description="A git work tree to build in")
-    repository: PathText | None = Field(None, description="Or a repository to clone")
+    repository: PathText | None = Field(
+        None,
+        pattern=REPOSITORY,
+        description="Or a repository to clone: an https, ssh or git URL, or a local path",
+    )
 
     @model_validator(mode="after")
     def _defaults(self) -> RunCreate:
