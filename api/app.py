@@ -12,7 +12,18 @@ from fastapi.middleware.cors import CORSMiddleware
 from api import errors
 from api.metrics import MetricsMiddleware
 from api.resources import resource_routes
-from api.routers import approvals, config, docs, gates, jobs, probes, runs, tokens
+from api.routers import (
+    approvals,
+    config,
+    dashboard,
+    docs,
+    gates,
+    jobs,
+    probes,
+    run_reads,
+    runs,
+    tokens,
+)
 from api.streams import EventHub
 from api.temporal import TemporalLink
 from operator_file import load
@@ -87,6 +98,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             tags=["jobs"],
         ),
         runs.router,
+        # Before the run's resource routes: `/runs/{id}/artifacts/index` is not an artifact id.
+        run_reads.router,
+        dashboard.router,
         resource_routes(
             kind="run",
             prefix="/runs",

@@ -168,6 +168,11 @@ class ServerLog(logging.Handler):
                 logger.removeHandler(self)
 
 
+def switched_off(response: schemathesis.Response) -> bool:
+    """A 503 from a kill switch is the documented answer of a feature turned off."""
+    return response.status_code == 503 and b'"KILL_SWITCH_OFF"' in response.content
+
+
 def cause_of(exc: BaseException) -> tuple[str, str]:
     """(a key that tells causes apart, a line to show): the exception's type and the
     innermost frame of the project's own code, which do not change with the input."""
@@ -261,7 +266,7 @@ def fuzz(
         operation = case.operation.label
         report.answers[operation] += 1
         report.statuses[operation, response.status_code] += 1
-        if response.status_code < 500:
+        if response.status_code < 500 or switched_off(response):
             return
         report.server_errors[operation] += 1
         raised = log.take()

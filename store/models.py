@@ -314,3 +314,45 @@ class RunIssue(SQLModel, table=True):
     occurrence_count: int = 1
     created_at: datetime = _when(default_factory=utcnow)
     updated_at: datetime = _when(default_factory=utcnow)
+
+
+class ModelOverride(SQLModel, table=True):
+    """Which model a role uses, set from the dashboard: for every run, or for one run.
+
+    `category` and `complexity` are `*` when the override covers them all. One override per
+    role, category, complexity and run: setting it again replaces the model."""
+
+    __tablename__ = "model_overrides"
+    __table_args__ = (
+        # Two partial indexes because NULLs never collide in a unique index: the global
+        # overrides (no run) are unique among themselves, and each run's among its own.
+        sa.Index(
+            "ix_model_overrides_global",
+            "role",
+            "category",
+            "complexity",
+            unique=True,
+            sqlite_where=sa.text("run_id IS NULL"),
+            postgresql_where=sa.text("run_id IS NULL"),
+        ),
+        sa.Index(
+            "ix_model_overrides_run",
+            "run_id",
+            "role",
+            "category",
+            "complexity",
+            unique=True,
+            sqlite_where=sa.text("run_id IS NOT NULL"),
+            postgresql_where=sa.text("run_id IS NOT NULL"),
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    role: str = Field(max_length=20)
+    category: str = Field(default="*", max_length=200)
+    complexity: str = Field(default="*", max_length=50)
+    run_id: str | None = Field(default=None, max_length=100)
+    model: str = Field(max_length=200)
+    set_by: str = Field(max_length=200)
+    created_at: datetime = _when(default_factory=utcnow)
+    updated_at: datetime = _when(default_factory=utcnow)

@@ -124,6 +124,16 @@ async def test_a_two_tier_run_builds_audits_and_succeeds(
     assert (await client.get_workflow_handle("build-1").describe()).status == (
         WorkflowExecutionStatus.COMPLETED
     )
+    progress = (await admin.get("/runs/build-1/progress")).json()
+    assert (progress["state"], progress["tokens_used"], progress["phases_completed"]) == (
+        "DONE_SUCCESS",
+        50,
+        2,
+    )
+    usage = (await admin.get("/dashboard/usage", params={"period": "day"})).json()
+    assert [p["total_tokens"] for p in usage["providers"]] == [50]
+    index = (await admin.get("/runs/build-1/artifacts/index")).json()
+    assert any(a["path"].endswith(".patch") for a in index["artifacts"])
 
 
 async def test_start_refuses_what_cannot_run(api: Api, admin: httpx.AsyncClient) -> None:
