@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -277,7 +279,14 @@ def spawn(argv: list[str], settings: Settings) -> subprocess.Popen[bytes]:
     )
 
 
-async def main(database_url: str | None, rounds: int, api_workers: int, only: str) -> None:
+@contextlib.asynccontextmanager
+async def processes(
+    database_url: str | None,
+) -> AsyncIterator[
+    tuple[WorkflowEnvironment, Settings, str, subprocess.Popen[bytes], subprocess.Popen[bytes]]
+]:
+    """A dev server, and the API and the worker as their own processes, on a fresh data
+    directory: (the server, the settings, an admin token, the API, the worker)."""
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(),
         search_attributes=attributes.ALL,
@@ -300,6 +309,17 @@ async def main(database_url: str | None, rounds: int, api_workers: int, only: st
         await db.dispose()
         api = spawn(["api"], settings)
         worker = spawn(["worker"], settings)
+        try:
+            yield env, settings, token, api, worker
+        finally:
+            for process in (api, worker):
+                process.terminate()
+                process.wait(30)
+            await env.shutdown()
+
+
+async def main(database_url: str | None, rounds: int, api_workers: int, only: str) -> None:
+    async with processes(database_url) as (env, settings, token, api, worker):
         bench = Bench(env, settings, token)
         client = await Client.connect(
             settings.temporal_target, data_converter=pydantic_data_converter
@@ -354,10 +374,6 @@ async def main(database_url: str | None, rounds: int, api_workers: int, only: st
             )
         finally:
             await bench.http.aclose()
-            for process in (api, worker):
-                process.terminate()
-                process.wait(30)
-            await env.shutdown()
 
 
 if __name__ == "__main__":

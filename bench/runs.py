@@ -15,28 +15,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from bench.jobs import pct, peak_kib, spawn, ts, wait_ready
+from bench.jobs import pct, peak_kib, processes, ts, wait_ready
 from bench.raw import RawResult, RawSteps, run_true
-from settings import Settings
-from stack import temporal_binary
-from store import migrate
-from store.engine import Database
-from store.tokens import Scope, create_token
-from tests.conftest import free_port
-from workflows import attributes
 
 TRUE = {"executor": "command", "run": ["true"]}
 EXTERNAL = {"executor": "external", "timeout_seconds": 600}
@@ -141,28 +131,7 @@ async def result_latency(http: httpx.AsyncClient, client: Client, rounds: int) -
 
 
 async def main(database_url: str | None, rounds: int, only: str) -> None:
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary(),
-        search_attributes=attributes.ALL,
-        dev_server_log_level="error",
-        dev_server_extra_args=["--sqlite-pragma", "journal_mode=WAL"],
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(
-            data_dir=Path(tmp),
-            database_url=database_url,
-            temporal_address=env.client.service_client.config.target_host,
-            api_port=free_port(),
-            _env_file=None,
-        )
-        migrate.upgrade(settings.db_url)
-        db = Database(settings.db_url)
-        async with db.session() as session:
-            _, token = await create_token(session, f"bench-{uuid.uuid4().hex[:6]}", [Scope.admin])
-            await session.commit()
-        await db.dispose()
-        api = spawn(["api"], settings)
-        worker = spawn(["worker"], settings)
+    async with processes(database_url) as (_, settings, token, api, worker):
         http = httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{settings.api_port}",
             headers={"Authorization": f"Bearer {token}"},
@@ -202,10 +171,6 @@ async def main(database_url: str | None, rounds: int, only: str) -> None:
             )
         finally:
             await http.aclose()
-            for process in (api, worker):
-                process.terminate()
-                process.wait(30)
-            await env.shutdown()
 
 
 if __name__ == "__main__":
