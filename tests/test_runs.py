@@ -414,6 +414,11 @@ async def test_a_parallel_tier_runs_its_phases_at_once(api: Api, admin: httpx.As
     run_id = await start(admin, body)
     run = await wait_run(api.db, run_id, "DONE_SUCCESS", "DONE_FAILED_REQUIRES_HUMAN_REVIEW")
     assert run.state == "DONE_SUCCESS", run.error
+    # Facts deferred while both phases ran are written once, not by each phase's activity.
+    kinds = [(e.type, e.stage) for e in await events_of(api, run_id)]
+    for once in ("tier_started", "builder_finished", "phase_completed", "tier_completed"):
+        found = [k for k in kinds if k[0] == once]
+        assert len(found) == len(set(found)), (once, kinds)
 
 
 async def test_a_taken_run_id_is_409_with_or_without_a_key(admin: httpx.AsyncClient) -> None:

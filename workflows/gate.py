@@ -168,16 +168,16 @@ class Gated:
 
     async def carrying(self, activity: str, fact: CarriesDecisions, **options: Any) -> Any:
         """Run an activity that writes, handing it the decisions not yet recorded and the
-        deferred transitions. They stay pending until an activity that carried them has
-        succeeded; carrying a decision twice is harmless, as the writer skips one it finds."""
+        deferred transitions. Decisions stay pending until an activity that carried them has
+        succeeded; carrying one twice is harmless, as the writer skips one it finds."""
         carried = list(self._unrecorded)
-        deferred = list(self._deferred)
         fact.decisions = carried
-        fact.facts = deferred
+        # Deferred transitions are not idempotent: each goes to one activity only (its
+        # retries carry the same input), so two running at once never both write one.
+        fact.facts, self._deferred = self._deferred, []
         result = await workflow.execute_activity(activity, fact, **options)
         written = {d.id for d in carried}
         self._unrecorded = [d for d in self._unrecorded if d.id not in written]
-        self._deferred = self._deferred[len(deferred) :]
         return result
 
     def defer(self, fact: Transition) -> None:
