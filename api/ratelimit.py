@@ -1,7 +1,7 @@
-"""Rate limits per client (the calling token), in fixed windows, kept in each API process.
+"""Rate limits per client (the calling token), in sliding windows, kept in each API process.
 
 Every answer of a limited route carries `X-RateLimit-Limit`, `X-RateLimit-Remaining` and
-`X-RateLimit-Reset` (when the window ends, in epoch seconds); past the limit it is a 429
+`X-RateLimit-Reset` (when a call frees up, in epoch seconds); past the limit it is a 429
 with `Retry-After`. With several API processes each counts on its own.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from typing import Annotated, Any
 
 from fastapi import Depends, Response
@@ -23,21 +24,27 @@ class RateLimit:
         self.name = name
         self.limit = limit
         self.per_seconds = per_seconds
-        self._windows: dict[str, tuple[int, int]] = {}
+        # Each client's calls within the last window, oldest first: at most `limit` each.
+        self._calls: dict[str, deque[float]] = {}
 
     def take(self, client: str) -> tuple[bool, int, int]:
-        """Count one call of `client`: allowed, calls left, and when the window resets."""
-        window = int(time.time() // self.per_seconds)
-        start, used = self._windows.get(client, (window, 0))
-        if start != window:
-            start, used = window, 0
-            # Old windows of other clients go too, so the map stays as small as the traffic.
-            self._windows = {c: w for c, w in self._windows.items() if w[0] == window}
-        reset = (start + 1) * self.per_seconds
-        if used >= self.limit:
-            return False, 0, reset
-        self._windows[client] = (start, used + 1)
-        return True, self.limit - used - 1, reset
+        """Count one call of `client` against the window that ends now (a sliding window:
+        any `per_seconds` holds at most `limit` calls): allowed, calls left, and when the
+        oldest counted call leaves the window (epoch seconds)."""
+        now = time.time()
+        calls = self._calls.setdefault(client, deque())
+        while calls and calls[0] <= now - self.per_seconds:
+            calls.popleft()
+        if len(calls) >= self.limit:
+            return False, 0, math.ceil(calls[0] + self.per_seconds)
+        calls.append(now)
+        if len(self._calls) > 10_000:
+            # Forget clients with nothing in their window, so the map stays as small as
+            # the traffic.
+            self._calls = {
+                c: q for c, q in self._calls.items() if q and q[-1] > now - self.per_seconds
+            }
+        return True, self.limit - len(calls), math.ceil(calls[0] + self.per_seconds)
 
     def dependency(self) -> Any:
         async def check(
