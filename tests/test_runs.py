@@ -401,7 +401,7 @@ async def test_cancel_stops_a_run_and_closes_its_gates(api: Api, admin: httpx.As
 
 async def test_a_parallel_tier_runs_its_phases_at_once(api: Api, admin: httpx.AsyncClient) -> None:
     # Each builder waits for the other's mark: only phases that run at once both finish.
-    meet = "touch {me}; for i in $(seq 100); do [ -e {other} ] && exit 0; sleep 0.1; done; exit 1"
+    meet = "touch {me}; for i in $(seq 600); do [ -e {other} ] && exit 0; sleep 0.1; done; exit 1"
     body = run_body(
         "parallel-1",
         ["t1"],
