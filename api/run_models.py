@@ -1,15 +1,44 @@
-"""The build system's run shapes: `RunResponse` with its tiers and phases."""
+"""What every run route shares: the run's path parameter, the scopes, the one way to load a
+run or its phase (404 when missing), and the build system's `RunResponse`."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Path
 from pydantic import BaseModel
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from api.auth import require
+from api.errors import not_found
+from settings import LIMITS
 from store.models import Run, RunPhase, RunTier
+from store.tokens import Principal, Scope
+
+# A run id or a phase id, in a path.
+PathId = Annotated[str, Path(min_length=1, max_length=LIMITS.max_name_chars)]
+Reader = Annotated[Principal, require(Scope.runs_read)]
+Writer = Annotated[Principal, require(Scope.runs_write)]
+
+
+async def load_run(session: AsyncSession, run_id: str) -> Run:
+    run = await session.get(Run, run_id)
+    if run is None:
+        raise not_found("run", run_id)
+    return run
+
+
+async def load_phase(session: AsyncSession, run_id: str, phase_id: str) -> RunPhase:
+    phase = (
+        await session.exec(
+            select(RunPhase).where(RunPhase.run_id == run_id, RunPhase.phase_id == phase_id)
+        )
+    ).first()
+    if phase is None:
+        raise not_found("phase", f"{run_id}/{phase_id}")
+    return phase
 
 
 class PhaseResponse(BaseModel):

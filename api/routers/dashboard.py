@@ -8,22 +8,19 @@ import asyncio
 from pathlib import Path as FilePath
 from typing import Annotated
 
-from fastapi import Depends, Path, Query
+from fastapi import Depends, Query
 from pydantic import BaseModel, Field
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api import model_overrides, token_usage
-from api.auth import require
 from api.deps import SessionDep, SettingsDep
-from api.errors import ApiError, ErrorBody, not_found, now_iso
+from api.errors import ApiError, ErrorBody, now_iso
 from api.model_overrides import ModelMapping, ModelOverrideIn, OverrideSet
 from api.route import strict_router
-from api.run_models import run_response
+from api.run_models import PathId, Reader, Writer, load_run, run_response
 from api.token_usage import Period, UsageResponse, percent
 from settings import LIMITS, Settings
 from store import events
-from store.models import Event, Run
-from store.tokens import Principal, Scope
+from store.models import Event
 from strict import Name, Strict, Text
 
 router = strict_router(
@@ -32,9 +29,6 @@ router = strict_router(
     responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: {"model": ErrorBody}},
 )
 
-Reader = Annotated[Principal, require(Scope.runs_read)]
-Writer = Annotated[Principal, require(Scope.runs_write)]
-RunId = Annotated[str, Path(min_length=1, max_length=LIMITS.max_name_chars)]
 NOTES_FILE = "human_notes.md"  # in the data directory
 
 
@@ -87,16 +81,9 @@ class ConsolidatedMetrics(BaseModel):
     note: str
 
 
-async def _run(session: AsyncSession, run_id: str) -> Run:
-    run = await session.get(Run, run_id)
-    if run is None:
-        raise not_found("run", run_id)
-    return run
-
-
 @router.get("/runs/{run_id}/status", summary="A run's status for the dashboard")
-async def run_status(run_id: RunId, _: Reader, session: SessionDep) -> DashboardRunStatus:
-    run = await run_response(session, await _run(session, run_id))
+async def run_status(run_id: PathId, _: Reader, session: SessionDep) -> DashboardRunStatus:
+    run = await run_response(session, await load_run(session, run_id))
     phases, tiers = run.phases, run.tiers
     current = next((p for p in phases if p.state not in ("COMPLETE", "SKIPPED")), None)
     tier = next((t for t in tiers if current and t.tier_id == current.tier_id), None)
@@ -154,7 +141,7 @@ async def override_model(
     body: ModelOverrideIn, principal: Writer, session: SessionDep
 ) -> OverrideSet:
     if body.run_id is not None:
-        await _run(session, body.run_id)
+        await load_run(session, body.run_id)
     row = await model_overrides.save(session, body, principal.name)
     scope = f"run {row.run_id}" if row.run_id else "global"
     return OverrideSet(
@@ -176,7 +163,7 @@ async def human_note(
     """Appended to `human_notes.md` in the data directory, and to the run's event log as a
     `human_note` event when it names a run."""
     if body.run_id is not None:
-        await _run(session, body.run_id)
+        await load_run(session, body.run_id)
     author = body.author or principal.name
     timestamp = now_iso()
     entry = f"\n## {timestamp}\n**Author:** {author}\n"
@@ -216,7 +203,7 @@ async def _metrics_enabled(_: Reader, settings: SettingsDep) -> Settings:
     responses={503: {"model": ErrorBody, "description": "The kill switch is off"}},
 )
 async def consolidated_metrics(
-    run_id: RunId,
+    run_id: PathId,
     _: Annotated[Settings, Depends(_metrics_enabled)],
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
@@ -226,7 +213,7 @@ async def consolidated_metrics(
     `total_tokens_spent` is the run's own count; its prompt and completion split comes from
     its `tokens_used` events. `limit` and `offset` are checked for the contract; one run's
     metrics are one object, so nothing is paged."""
-    run = await run_response(session, await _run(session, run_id))
+    run = await run_response(session, await load_run(session, run_id))
     split = await token_usage.by_model(session, Event.resource_id == run_id)
     return ConsolidatedMetrics(
         run_id=run_id,

@@ -9,31 +9,26 @@ from datetime import datetime
 from typing import Annotated
 
 import sqlalchemy as sa
-from fastapi import Path, Query, Response
+from fastapi import Query, Response
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api import run_errors, run_files
-from api.auth import require
 from api.deps import SessionDep, SettingsDep
-from api.errors import ErrorBody, not_found
+from api.errors import ErrorBody
 from api.route import strict_router
 from api.run_errors import RunErrors, RunErrorSummary
 from api.run_files import ArtifactIndex, BrowserArtifacts
 from api.run_issues import Backlog, IssueIndex, backlog, issue_index
-from api.run_models import RunResponse, run_response
+from api.run_models import PathId, Reader, RunResponse, load_run, run_response
 from settings import LIMITS
 from store.models import Run, RunPhase, utcnow
-from store.tokens import Principal, Scope
 
 router = strict_router(
     tags=["runs"],
     responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: {"model": ErrorBody}},
 )
 
-Reader = Annotated[Principal, require(Scope.runs_read)]
-RunId = Annotated[str, Path(min_length=1, max_length=LIMITS.max_name_chars)]
 # A phase no longer ahead of the run; the first phase by index that is not is the current one.
 PASSED = ("COMPLETE", "SKIPPED")
 
@@ -78,13 +73,6 @@ class RunProgress(BaseModel):
     phases_in_progress: int = Field(description="`EXECUTING`")
     phases_pending: int = Field(description="`QUEUED`")
     phases: list[PhaseProgress]
-
-
-async def _run(session: AsyncSession, run_id: str) -> Run:
-    run = await session.get(Run, run_id)
-    if run is None:
-        raise not_found("run", run_id)
-    return run
 
 
 @router.get("/runs", summary="List runs, newest first")
@@ -153,13 +141,13 @@ async def list_runs(
 
 
 @router.get("/runs/{run_id}", summary="Read a run: its tiers and phases")
-async def get_run(run_id: RunId, _: Reader, session: SessionDep) -> RunResponse:
-    return await run_response(session, await _run(session, run_id))
+async def get_run(run_id: PathId, _: Reader, session: SessionDep) -> RunResponse:
+    return await run_response(session, await load_run(session, run_id))
 
 
 @router.get("/runs/{run_id}/progress", summary="A run's progress, phase by phase")
-async def get_progress(run_id: RunId, _: Reader, session: SessionDep) -> RunProgress:
-    run = await _run(session, run_id)
+async def get_progress(run_id: PathId, _: Reader, session: SessionDep) -> RunProgress:
+    run = await load_run(session, run_id)
     phases = list(
         await session.exec(
             select(RunPhase).where(RunPhase.run_id == run_id).order_by(col(RunPhase.phase_index))
@@ -185,21 +173,21 @@ async def get_progress(run_id: RunId, _: Reader, session: SessionDep) -> RunProg
 
 
 @router.get("/runs/{run_id}/errors", summary="A run's errors, from its event log")
-async def get_errors(run_id: RunId, _: Reader, session: SessionDep) -> RunErrors:
+async def get_errors(run_id: PathId, _: Reader, session: SessionDep) -> RunErrors:
     """Failed phases, steps and runs, and every `…_failed` event, oldest first."""
-    await _run(session, run_id)
+    await load_run(session, run_id)
     return await run_errors.errors(session, run_id)
 
 
 @router.get("/runs/{run_id}/errors/summary", summary="A run's errors, counted by phase and type")
-async def get_error_summary(run_id: RunId, _: Reader, session: SessionDep) -> RunErrorSummary:
-    await _run(session, run_id)
+async def get_error_summary(run_id: PathId, _: Reader, session: SessionDep) -> RunErrorSummary:
+    await load_run(session, run_id)
     return await run_errors.summary(session, run_id)
 
 
 @router.get("/runs/{run_id}/issues/index", summary="A run's issues, by key")
-async def get_issue_index(run_id: RunId, _: Reader, session: SessionDep) -> IssueIndex:
-    await _run(session, run_id)
+async def get_issue_index(run_id: PathId, _: Reader, session: SessionDep) -> IssueIndex:
+    await load_run(session, run_id)
     return await issue_index(session, run_id)
 
 
@@ -210,10 +198,10 @@ async def get_backlog(_: Reader, session: SessionDep) -> Backlog:
 
 @router.get("/runs/{run_id}/artifacts/index", summary="List the files in a run's directory")
 async def artifacts_index(
-    run_id: RunId, _: Reader, session: SessionDep, settings: SettingsDep
+    run_id: PathId, _: Reader, session: SessionDep, settings: SettingsDep
 ) -> ArtifactIndex:
     """Every file under the run's directory, recursively; none if it has no directory yet."""
-    await _run(session, run_id)
+    await load_run(session, run_id)
     return await asyncio.to_thread(run_files.index, settings.artifacts_dir, run_id)
 
 
@@ -233,7 +221,7 @@ async def artifacts_index(
     },
 )
 async def artifact_file(
-    run_id: RunId,
+    run_id: PathId,
     _: Reader,
     session: SessionDep,
     settings: SettingsDep,
@@ -247,7 +235,7 @@ async def artifact_file(
     redact: Annotated[bool, Query(description="Hide credentials: keys, tokens, passwords")] = False,
 ) -> Response:
     run_files.safe_parts(path)  # a bad path is a 400 whether or not the run exists
-    await _run(session, run_id)
+    await load_run(session, run_id)
     base = run_files.run_dir(settings.artifacts_dir, run_id)
     # The file system is read in a thread: a large file or a slow disk holds no other request.
     content = await asyncio.to_thread(run_files.read, base, path)
@@ -266,8 +254,8 @@ async def artifact_file(
 
 @router.get("/runs/{run_id}/browser/artifacts", summary="List a run's screenshots and pages")
 async def browser_artifacts(
-    run_id: RunId, _: Reader, session: SessionDep, settings: SettingsDep
+    run_id: PathId, _: Reader, session: SessionDep, settings: SettingsDep
 ) -> BrowserArtifacts:
     """`.png`, `.jpg`, `.jpeg`, `.gif` and `.webp` files are screenshots; `.html` files pages."""
-    await _run(session, run_id)
+    await load_run(session, run_id)
     return await asyncio.to_thread(run_files.browser, settings.artifacts_dir, run_id)

@@ -6,21 +6,19 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import Body, Path, Query, status
+from fastapi import Body, Query, status
 from pydantic import BaseModel, ValidationError
 from sqlmodel import select
 
 from api import cancels, decisions
-from api.auth import require
 from api.deps import IdempotencyKeyDep, NewWorkAllowed, SessionDep, SettingsDep, TemporalDep
-from api.errors import ApiError, ErrorBody, not_found
+from api.errors import ApiError, ErrorBody
 from api.ratelimit import RateLimit
 from api.route import strict_router
-from api.run_models import RunResponse, run_response
+from api.run_models import PathId, RunResponse, Writer, load_phase, load_run, run_response
 from api.starts import create_and_start
 from settings import LIMITS
 from store.models import Run, RunIssue, RunPhase, RunTier, utcnow
-from store.tokens import Principal, Scope
 from strict import Text, explain
 from workflows.run_results import (
     AuditorResult,
@@ -40,7 +38,6 @@ router = strict_router(
     responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: {"model": ErrorBody}},
 )
 
-Writer = Annotated[Principal, require(Scope.runs_write)]
 START_LIMIT = RateLimit("POST /runs/start", limit=10, per_seconds=60)
 # A run's ends in the words `api/cancels.py` uses.
 RUN_ENDS: dict[cancels.End, str] = {
@@ -48,7 +45,6 @@ RUN_ENDS: dict[cancels.End, str] = {
     "failed": "DONE_FAILED_ENVIRONMENT",
     "completed": "DONE_SUCCESS",
 }
-PhaseId = Annotated[str, Path(min_length=1, max_length=LIMITS.max_name_chars)]
 
 
 def is_over(state: str) -> bool:
@@ -146,26 +142,19 @@ async def start_run(
     return await run_response(session, run)
 
 
-async def _phase(session: SessionDep, run_id: str, phase_id: str) -> tuple[Run, RunPhase]:
-    run = await session.get(Run, run_id)
-    if run is None:
-        raise not_found("run", run_id)
-    phase = (
-        await session.exec(
-            select(RunPhase).where(RunPhase.run_id == run_id, RunPhase.phase_id == phase_id)
-        )
-    ).first()
-    if phase is None:
-        raise not_found("phase", f"{run_id}/{phase_id}")
+async def _running(session: SessionDep, run_id: str) -> Run:
+    """The run, which must not have ended: an executor's call on it would reach nothing."""
+    run = await load_run(session, run_id)
     if is_over(run.state):
-        raise ApiError(409, "RUN_ENDED", f"run {run_id} is {run.state}")
-    return run, phase
+        raise ApiError(409, "RUN_ENDED", f"run {run_id} is already {run.state}")
+    return run
 
 
 async def _call(
     session: SessionDep, temporal: TemporalDep, key: str | None, run_id: str, call: PhaseCall
 ) -> PhaseAnswer:
-    await _phase(session, run_id, call.phase_id)
+    await _running(session, run_id)
+    await load_phase(session, run_id, call.phase_id)
     handle = temporal.get_workflow_handle(run_id)
     return await decisions.updating(
         handle.execute_update(RunWorkflow.phase, call, id=key or f"phase-{uuid.uuid4()}")
@@ -193,8 +182,8 @@ CALL_ERRORS: dict[int | str, dict[str, Any]] = {
     responses=CALL_ERRORS,
 )
 async def update_status(
-    run_id: PhaseId,
-    phase_id: PhaseId,
+    run_id: PathId,
+    phase_id: PathId,
     body: PhaseStatusUpdate,
     _: Writer,
     session: SessionDep,
@@ -213,8 +202,8 @@ async def update_status(
     responses=CALL_ERRORS,
 )
 async def builder_result(
-    run_id: PhaseId,
-    phase_id: PhaseId,
+    run_id: PathId,
+    phase_id: PathId,
     body: BuilderResult,
     _: Writer,
     session: SessionDep,
@@ -232,8 +221,8 @@ async def builder_result(
     responses=CALL_ERRORS,
 )
 async def auditor_result(
-    run_id: PhaseId,
-    phase_id: PhaseId,
+    run_id: PathId,
+    phase_id: PathId,
     body: AuditorResult,
     _: Writer,
     session: SessionDep,
@@ -258,8 +247,8 @@ class IssueRecorded(BaseModel):
     responses=CALL_ERRORS,
 )
 async def record_issue(
-    run_id: PhaseId,
-    phase_id: PhaseId,
+    run_id: PathId,
+    phase_id: PathId,
     _: Writer,
     session: SessionDep,
     temporal: TemporalDep,
@@ -290,7 +279,8 @@ async def record_issue(
     except ValidationError as exc:
         raise ApiError(422, "VALIDATION_ERROR", f"query: {explain(exc)}") from None
     await _call(session, temporal, key, run_id, PhaseCall(phase_id=phase_id, issue=issue))
-    phase = (await _phase(session, run_id, phase_id))[1]
+    # Read after the Update: the issue is recorded, whatever the run has done since.
+    phase = await load_phase(session, run_id, phase_id)
     await session.refresh(phase)
     rows = list(
         await session.exec(
@@ -339,15 +329,11 @@ class Canceled(BaseModel):
     responses={409: {"model": ErrorBody, "description": "The run has already ended"}},
 )
 async def cancel_run(
-    run_id: PhaseId, principal: Writer, session: SessionDep, temporal: TemporalDep
+    run_id: PathId, principal: Writer, session: SessionDep, temporal: TemporalDep
 ) -> Canceled:
     """Stops the running builder's or auditor's process group; the run ends
     `DONE_CANCELED` and its open gates close."""
-    run = await session.get(Run, run_id)
-    if run is None:
-        raise not_found("run", run_id)
-    if is_over(run.state):
-        raise ApiError(409, "RUN_ENDED", f"run {run_id} is already {run.state}")
+    await _running(session, run_id)
     state = await cancels.cancel(session, temporal, "run", run_id, principal.name, RUN_ENDS)
     if state == "canceling":
         return Canceled(message="cancel requested", state=state)
