@@ -429,3 +429,14 @@ async def test_a_taken_run_id_is_409_with_or_without_a_key(admin: httpx.AsyncCli
     assert replay.status_code == 201 and replay.json()["id"] == "taken"
     other = await admin.post("/runs/start", json=body, headers={"Idempotency-Key": "two"})
     assert other.status_code == 409 and other.json()["error_code"] == "RUN_EXISTS"
+
+
+async def test_a_failing_builder_fails_its_phase_saying_why(
+    api: Api, admin: httpx.AsyncClient
+) -> None:
+    failing = run_body("fail-1", ["t1"], [phase("p1", "t1", builder=cmd("echo broke; exit 3"))])
+    run_id = await start(admin, failing)
+    run = await wait_run(api.db, run_id, "DONE_FAILED_REQUIRES_HUMAN_REVIEW", "DONE_SUCCESS")
+    assert run.state == "DONE_FAILED_REQUIRES_HUMAN_REVIEW"
+    p1 = (await phases_of(api, run_id))["p1"]
+    assert p1.state == "FAILED" and p1.error == "the builder exited with status 3: broke"

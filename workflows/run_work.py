@@ -5,12 +5,13 @@ the run records what happens (a transition, maybe deferred to the next activity)
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
@@ -105,6 +106,9 @@ class PhaseWork(Gated):
             )
             if isinstance(step, str):
                 return step
+            if step.exit_code != 0:
+                last = next((line for line in reversed(step.tail) if line.strip()), "")
+                return f"the builder exited with status {step.exit_code}: {last}".rstrip(": ")
             report = last_json(step.tail)
             diff = step.diff.model_dump() if step.diff else {}
             built = {
@@ -173,10 +177,12 @@ class PhaseWork(Gated):
             step = await self._step(
                 run, spec, "auditor", auditor, env, parts={part: {"auditor_attempts": attempt}}
             )
-            tail = step.tail if isinstance(step, StepResult) else failed_tail(step)
+            passed = isinstance(step, StepResult) and step.exit_code == 0
+            tail = step.tail if isinstance(step, StepResult) else [step]
             report = last_json(tail)
+            # Exit 0 approves, anything else asks for a revision, unless the last line says.
             recommendation: Literal["approve", "revise", "escalate"] = (
-                "approve" if isinstance(step, StepResult) else "revise"
+                "approve" if passed else "revise"
             )
             if report.get("recommendation") in ("approve", "revise", "escalate"):
                 recommendation = report["recommendation"]
@@ -241,8 +247,8 @@ class PhaseWork(Gated):
         parts: dict[str, dict[str, Any]],
         diff: bool = False,
     ) -> StepResult | str:
-        """Run a builder's or auditor's command; its result, or why it could not run.
-        An auditor's failing command still has a result: its details carry the tail."""
+        """Run a builder's or auditor's command: its result, also when the command failed
+        (a non-zero `exit_code`; the failure carries the result), or why it did not run."""
         try:
             result: StepResult = await self.carrying(
                 "steps.run",
@@ -272,8 +278,10 @@ class PhaseWork(Gated):
         except ActivityError as err:
             if is_cancelled_exception(err):
                 raise
-            if role == "auditor" and isinstance(err.cause, ApplicationError):
-                return json.dumps(list(err.cause.details[:1]))
+            inner = err.cause
+            if isinstance(inner, ApplicationError) and inner.details:
+                with contextlib.suppress(ValidationError):
+                    return StepResult.model_validate(inner.details[0])
             return f"the {role} failed: {cause(err)}"
         return result
 
@@ -415,12 +423,3 @@ def last_json(tail: list[str]) -> dict[str, Any]:
             return value if isinstance(value, dict) else {}
         return {}
     return {}
-
-
-def failed_tail(details: str) -> list[str]:
-    """The tail of a failed step, from the StepResult its error carries."""
-    try:
-        [result] = json.loads(details)
-        return list(result.get("tail", []))
-    except (ValueError, TypeError, AttributeError):
-        return []
