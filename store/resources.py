@@ -8,13 +8,20 @@ import sqlalchemy as sa
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from store.models import ApprovalRequest, Job, Run, RunPhase, RunTier, utcnow
+from store.models import ApprovalRequest, Job, Run, RunPhase, RunTier, Task, TaskIteration, utcnow
 
-TABLES: dict[str, type[SQLModel]] = {"job": Job, "approval": ApprovalRequest, "run": Run}
-# The parts of a resource that have rows of their own, by (kind, part): table and key column.
-PARTS: dict[tuple[str, str], tuple[type[SQLModel], str]] = {
-    ("run", "phase"): (RunPhase, "phase_id"),
-    ("run", "tier"): (RunTier, "tier_id"),
+TABLES: dict[str, type[SQLModel]] = {
+    "job": Job,
+    "approval": ApprovalRequest,
+    "run": Run,
+    "task": Task,
+}
+# The parts of a resource that have rows of their own, by (kind, part): table, the column
+# naming their resource, and their key column.
+PARTS: dict[tuple[str, str], tuple[type[SQLModel], str, str]] = {
+    ("run", "phase"): (RunPhase, "run_id", "phase_id"),
+    ("run", "tier"): (RunTier, "run_id", "tier_id"),
+    ("task", "iteration"): (TaskIteration, "task_id", "number"),
 }
 
 
@@ -35,12 +42,15 @@ async def set_parts(
     """Set columns on parts of a resource, named `"<part>:<id>"` (`"phase:build"`)."""
     for name, values in parts.items():
         part, _, part_id = name.partition(":")
-        table, key = PARTS[(kind, part)]
+        table, owner, key = PARTS[(kind, part)]
         if "updated_at" in table.model_fields:
             values = {**values, "updated_at": utcnow()}
+        key_value: str | int = (
+            int(part_id) if table.model_fields[key].annotation is int else part_id
+        )
         await session.exec(
             sa.update(table)
-            .where(sa.column("run_id") == resource_id, sa.column(key) == part_id)
+            .where(sa.column(owner) == resource_id, sa.column(key) == key_value)
             .values(**values)
         )
 
