@@ -38,6 +38,8 @@ class Limits:
     max_name_chars: int = 200
     max_text_chars: int = 4000  # reasons, notes, one argv item, one env value
     max_path_chars: int = 4096
+    max_prompt_chars: int = 100_000  # an agent's prompt or instruction
+    max_url_chars: int = 2048
     max_retries: int = 10
     max_approvals: int = 100
     max_int: int = 2**63 - 1  # ids and offsets: what the databases and Temporal hold
