@@ -19,6 +19,8 @@ from api.routers import (
     docs,
     gates,
     jobs,
+    keys,
+    mcp,
     probes,
     run_reads,
     runs,
@@ -112,6 +114,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gates.router,
         approvals.router,
         config.router,
+        keys.router,
+        mcp.router,
     ):
         app.include_router(router)
     app.mount(docs.ASSETS, docs.assets(), name="docs-assets")
