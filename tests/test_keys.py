@@ -100,7 +100,7 @@ async def test_bad_key_bodies_are_422_naming_the_field(admin: httpx.AsyncClient)
             assert token not in answer.text
 
 
-async def test_keys_and_mcp_servers_need_a_token_and_the_tasks_scopes(api: Api) -> None:
+async def test_keys_and_mcp_servers_need_a_token_and_their_scopes(api: Api) -> None:
     reader = await make_token(api.db, "reader", Scope.tasks_read)
     writer = await make_token(api.db, "writer", Scope.tasks_write)
     async with api.client() as anonymous, api.client(reader) as r, api.client(writer) as w:
@@ -114,8 +114,11 @@ async def test_keys_and_mcp_servers_need_a_token_and_the_tasks_scopes(api: Api) 
             assert refused.json()["error_code"] == "INSUFFICIENT_SCOPE"
             assert (await r.delete(f"{path}/{body['name']}")).status_code == 403
             assert (await w.get(path)).status_code == 403
-            assert (await w.post(path, json=body)).status_code == 201
-            assert (await w.delete(f"{path}/{body['name']}")).status_code == 204
+        assert (await w.post("/api/v1/keys", json=KEY)).status_code == 201
+        assert (await w.delete(f"/api/v1/keys/{KEY['name']}")).status_code == 204
+        # An MCP server's command runs inside every agent: registering one takes an admin.
+        assert (await w.post("/api/v1/mcp/servers", json=CONTEXT7)).status_code == 403
+        assert (await w.delete("/api/v1/mcp/servers/x")).status_code == 403
 
 
 async def test_mcp_servers_are_registered_listed_and_deleted(admin: httpx.AsyncClient) -> None:

@@ -29,7 +29,8 @@ router = strict_router(
 )
 
 Reader = Annotated[Principal, require(Scope.tasks_read)]
-Writer = Annotated[Principal, require(Scope.tasks_write)]
+# A server's command runs inside every agent: only an admin adds or removes one.
+Writer = Annotated[Principal, require(Scope.admin)]
 
 NAME = r"^[A-Za-z0-9._-]{1,100}$"
 # One printable ASCII word that does not start with `-`: never read as an option.
