@@ -36,7 +36,7 @@ WORKFLOWS: Sequence[type] = (JobWorkflow, ApprovalWorkflow, RunWorkflow)
 def activities(db: Database, settings: Settings) -> list[Callable[..., Any]]:
     records = Records(db)
     steps = Steps(db, settings.artifacts_dir)
-    workspaces = Workspaces(settings.data_dir, settings.artifacts_dir)
+    workspaces = Workspaces(db, settings)
     return [
         records.transition,
         records.gate_opened,
