@@ -113,6 +113,11 @@ class Settings(BaseSettings):
         None, description="Signs task webhooks (`X-Signature-256`); unsigned when unset"
     )
     webhook_timeout_seconds: float = Field(10, gt=0, le=300, description="Per delivery attempt")
+    webhook_backoff_seconds: list[float] = Field(
+        default_factory=lambda: [1.0, 5.0, 25.0],
+        max_length=20,
+        description="Waits between delivery attempts, as JSON: one more attempt than waits",
+    )
     task_idle_ttl_seconds: float = Field(
         24 * 3600,
         gt=0,

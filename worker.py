@@ -17,8 +17,11 @@ from temporalio.api.operatorservice.v1 import (
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.agents import Agents
+from activities.github import GitHub
 from activities.records import Records
 from activities.steps import Steps
+from activities.webhooks import Webhooks
 from activities.workspaces import Workspaces
 from settings import Settings
 from store.engine import Database
@@ -27,16 +30,18 @@ from workflows import attributes
 from workflows.approvals import ApprovalWorkflow
 from workflows.jobs import JobWorkflow
 from workflows.runs import RunWorkflow
+from workflows.tasks import TaskWorkflow
 
 log = logging.getLogger("pilothouse.worker")
 
-WORKFLOWS: Sequence[type] = (JobWorkflow, ApprovalWorkflow, RunWorkflow)
+WORKFLOWS: Sequence[type] = (JobWorkflow, ApprovalWorkflow, RunWorkflow, TaskWorkflow)
 
 
 def activities(db: Database, settings: Settings) -> list[Callable[..., Any]]:
     records = Records(db)
     steps = Steps(db, settings.artifacts_dir)
     workspaces = Workspaces(db, settings)
+    github = GitHub(db, settings)
     return [
         records.transition,
         records.gate_opened,
@@ -46,6 +51,13 @@ def activities(db: Database, settings: Settings) -> list[Callable[..., Any]]:
         records.issue,
         steps.run,
         workspaces.prepare,
+        workspaces.clone,
+        workspaces.scratch,
+        workspaces.publish,
+        workspaces.delete,
+        Agents(db, settings).run,
+        github.open_pull_request,
+        Webhooks(db, settings).deliver,
     ]
 
 

@@ -24,16 +24,19 @@ from api.routers import (
     probes,
     run_reads,
     runs,
+    tasks,
     tokens,
+    workspaces,
 )
-from api.streams import EventHub
+from api.streams import EventHub, agent_stream_json
 from api.temporal import TemporalLink
 from operator_file import load
 from settings import VERSION, Settings
 from store.engine import Database
-from store.models import Job, Run
+from store.models import Job, Run, Task
 from store.tokens import Scope
 from workflows.runs import RUN_ENDS
+from workflows.task_spec import TAKES_INSTRUCTIONS, TASK_ENDS, TASK_SETTLED
 
 DESCRIPTION = """
 Pilothouse runs agent and pipeline work as durable Temporal workflows that stop at
@@ -78,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "auth", "description": "API tokens and their scopes"},
             {"name": "jobs", "description": "Pipeline jobs: stages, gates, events, artifacts"},
             {"name": "runs", "description": "Build runs: tiers, phases, builders and auditors"},
+            {"name": "tasks", "description": "Coding-agent tasks on git workspaces"},
             {"name": "keys", "description": "Registered repository credentials, encrypted"},
             {"name": "mcp", "description": "MCP servers given to every agent (admin)"},
             {"name": "approvals", "description": "The inbox of open gates, across families"},
@@ -113,6 +117,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             terminal=RUN_ENDS,
             tags=["runs"],
         ),
+        tasks.router,
+        resource_routes(
+            kind="task",
+            prefix="/api/v1/tasks",
+            table=Task,
+            read_scope=Scope.tasks_read,
+            # The coding-agent stream closes once the task has settled, ended or not.
+            terminal=TASK_ENDS | TAKES_INSTRUCTIONS,
+            tags=["tasks"],
+            stream_path="/stream",
+            shape=agent_stream_json,
+            settles=lambda event: event.type in TASK_SETTLED,
+        ),
+        workspaces.router,
         gates.router,
         approvals.router,
         config.router,

@@ -261,7 +261,9 @@ async def wait_ready(http: httpx.AsyncClient) -> None:
         await asyncio.sleep(0.1)
 
 
-def spawn(argv: list[str], settings: Settings) -> subprocess.Popen[bytes]:
+def spawn(
+    argv: list[str], settings: Settings, extra: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PILOTHOUSE_")}
     env.update(
         PILOTHOUSE_DATA_DIR=str(settings.data_dir),
@@ -271,6 +273,7 @@ def spawn(argv: list[str], settings: Settings) -> subprocess.Popen[bytes]:
         PILOTHOUSE_TASK_QUEUE=settings.task_queue,
         PILOTHOUSE_LOG_LEVEL="warning",
     )
+    env.update(extra or {})
     return subprocess.Popen(
         [sys.executable, "-m", "cli", *argv],
         env=env,
@@ -281,7 +284,7 @@ def spawn(argv: list[str], settings: Settings) -> subprocess.Popen[bytes]:
 
 @contextlib.asynccontextmanager
 async def processes(
-    database_url: str | None,
+    database_url: str | None, extra_env: dict[str, str] | None = None
 ) -> AsyncIterator[
     tuple[WorkflowEnvironment, Settings, str, subprocess.Popen[bytes], subprocess.Popen[bytes]]
 ]:
@@ -307,8 +310,8 @@ async def processes(
             _, token = await create_token(session, f"bench-{uuid.uuid4().hex[:6]}", [Scope.admin])
             await session.commit()
         await db.dispose()
-        api = spawn(["api"], settings)
-        worker = spawn(["worker"], settings)
+        api = spawn(["api"], settings, extra_env)
+        worker = spawn(["worker"], settings, extra_env)
         try:
             yield env, settings, token, api, worker
         finally:

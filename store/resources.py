@@ -79,13 +79,10 @@ async def set_parts(
 ) -> None:
     """Set columns on parts of a resource, named `"<part>:<id>"` (`"phase:build"`)."""
     for name, values in parts.items():
-        part, _, part_id = name.partition(":")
-        table, owner, key = PARTS[(kind, part)]
+        table, owner, key, key_value = _part(kind, name)
+        values = columns(table, values)
         if "updated_at" in table.model_fields:
             values = {**values, "updated_at": utcnow()}
-        key_value: str | int = (
-            int(part_id) if table.model_fields[key].annotation is int else part_id
-        )
         await session.exec(
             sa.update(table)
             .where(sa.column(owner) == resource_id, sa.column(key) == key_value)

@@ -28,8 +28,11 @@ from store.engine import Database
 from store.tokens import Scope
 from temporal_client import connect_within
 from tests.conftest import free_port, make_token, serve
+from tests.git_servers import make_origin
 from tests.jobs_helpers import GATE, create_job, stage, wait_state
 from tests.test_runs import cmd, phase, run_body, start, wait_run
+from tests.test_steps import alive
+from tests.test_tasks import AGENT, create, wait_task
 
 
 class DevServer:
@@ -57,8 +60,9 @@ class DevServer:
 
 
 class WorkerProcess:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, env: dict[str, str] | None = None) -> None:
         self.settings = settings
+        self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -69,6 +73,7 @@ class WorkerProcess:
             PILOTHOUSE_TEMPORAL_ADDRESS=self.settings.temporal_target,
             PILOTHOUSE_TASK_QUEUE=self.settings.task_queue,
         )
+        env.update(self.env)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "cli", "worker"],
             env=env,
@@ -217,5 +222,35 @@ async def test_a_worker_killed_mid_phase_finishes_the_run(
             assert 1 <= len(marks.read_text().splitlines()) <= 2
             workspace = settings.data_dir / "workspaces" / "durable-1"
             assert json.dumps((workspace / "out.txt").read_text()) == json.dumps("ok\n")
+    finally:
+        worker.stop()
+
+
+async def test_a_worker_killed_mid_iteration_runs_it_again_and_the_task_goes_on(
+    own_stack: tuple[DevServer, Settings], tmp_path: Path
+) -> None:
+    server, settings = own_stack
+    await server.start()
+    origin = make_origin(tmp_path / "remotes")
+    home = tmp_path / "home"
+    pids = home / ".fake-claude" / "pids"
+    worker = WorkerProcess(settings, {"PILOTHOUSE_AGENT_COMMAND": AGENT, "HOME": str(home)})
+    worker.start()
+    try:
+        async with admin_client(settings) as admin:
+            task_id = await create(admin, origin, "[slow 1] [edit app.py] survive")
+            await wait_lines(pids, 1)
+            worker.kill()
+            worker.start()
+            task = await wait_task(admin, task_id, "completed", seconds=90)
+            first, *again = [int(p) for p in pids.read_text().split()]
+            assert again, "the iteration ran again"
+            assert not alive(first), "the orphaned agent was stopped"
+            workspace = Path(task["workspace"])
+            assert "survive" in (workspace / "app.py").read_text()
+            answer = await admin.post(f"/api/v1/tasks/{task_id}/instruct", json={"prompt": "on"})
+            assert answer.status_code == 202, answer.text
+            task = await wait_task(admin, task_id, "completed", seconds=60)
+            assert task["iteration_count"] == 2 and task["workspace"] == str(workspace)
     finally:
         worker.stop()

@@ -1,0 +1,148 @@
+"""The task API's answers, in the coding-agent system's shapes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from settings import LIMITS
+from store.models import Task, TaskIteration
+from strict import Strict
+from workflows.task_spec import Branch, TaskState
+
+
+class TaskCreated(BaseModel):
+    id: str
+    status: TaskState
+    created_at: datetime
+
+
+class ChangesSummary(BaseModel):
+    files_changed: int = 0
+    insertions: int = 0
+    deletions: int = 0
+
+
+class IterationPublic(BaseModel):
+    number: int
+    prompt: str
+    status: str
+    result: str | None
+    error: str | None
+    agent_session_id: str | None
+    usage: dict[str, Any]
+    changes_summary: ChangesSummary
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class TaskPublic(BaseModel):
+    id: str
+    status: TaskState
+    repo_url: str | None
+    branch: str | None
+    target_branch: str | None
+    prompt: str
+    callback_url: str | None
+    config: dict[str, Any]
+    key: str | None = Field(description="The registered key it uses, if any")
+    has_access_token: bool = Field(description="Whether it was given a token (never shown)")
+    workspace: str | None
+    agent_session_id: str | None
+    iteration_count: int
+    result: str | None
+    error: str | None
+    changes_summary: ChangesSummary
+    usage: dict[str, Any]
+    pr_url: str | None
+    pr_number: int | None
+    trace_id: str
+    owner: str
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    updated_at: datetime
+    iterations: list[IterationPublic] | None = Field(None, description="With `?include=iterations`")
+
+
+def task_public(task: Task, iterations: list[TaskIteration] | None = None) -> TaskPublic:
+    return TaskPublic(
+        id=task.id,
+        status=task.state,
+        repo_url=task.repo_url,
+        branch=task.branch,
+        target_branch=task.target_branch,
+        prompt=task.prompt,
+        callback_url=task.callback_url,
+        config=task.config,
+        key=task.key_name,
+        has_access_token=task.credential is not None,
+        workspace=task.workspace,
+        agent_session_id=task.agent_session_id,
+        iteration_count=task.iterations,
+        result=task.result,
+        error=task.error,
+        changes_summary=ChangesSummary(**task.changes),
+        usage=task.usage,
+        pr_url=task.pr_url,
+        pr_number=task.pr_number,
+        trace_id=task.trace_id,
+        owner=task.owner,
+        created_at=task.created_at,
+        started_at=task.started_at,
+        completed_at=task.completed_at,
+        updated_at=task.updated_at,
+        iterations=None
+        if iterations is None
+        else [
+            IterationPublic(
+                number=i.number,
+                prompt=i.prompt,
+                status=i.state,
+                result=i.result,
+                error=i.error,
+                agent_session_id=i.agent_session_id,
+                usage=i.usage,
+                changes_summary=ChangesSummary(**i.changes),
+                started_at=i.started_at,
+                finished_at=i.finished_at,
+            )
+            for i in iterations
+        ],
+    )
+
+
+class InstructBody(Strict):
+    prompt: str = Field(min_length=1, max_length=LIMITS.max_prompt_chars)
+
+
+class InstructAnswer(BaseModel):
+    id: str
+    status: str
+    iteration: int
+
+
+class CreatePrBody(Strict):
+    title: str = Field(min_length=1, max_length=256)
+    description: str = Field("", max_length=LIMITS.max_text_chars)
+    target_branch: Branch | None = None
+
+
+class PrCreated(BaseModel):
+    pr_url: str
+    pr_number: int
+    branch: str
+
+
+class PrAwaitingApproval(BaseModel):
+    status: str = "awaiting_approval"
+    branch: str
+    gate_id: str
+    detail: str
+
+
+class CancelAnswer(BaseModel):
+    message: str
+    state: str
