@@ -17,6 +17,7 @@ from temporalio.api.operatorservice.v1 import (
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.notify import Notify, notifying
 from activities.records import Records
 from activities.steps import Steps
 from activities.workspaces import Workspaces
@@ -34,7 +35,8 @@ WORKFLOWS: Sequence[type] = (JobWorkflow, ApprovalWorkflow, RunWorkflow)
 
 
 def activities(db: Database, settings: Settings) -> list[Callable[..., Any]]:
-    records = Records(db)
+    records = Records(db, notifying(settings))
+    notify = Notify(db, settings)
     steps = Steps(db, settings.artifacts_dir)
     workspaces = Workspaces(settings.data_dir, settings.artifacts_dir)
     return [
@@ -44,6 +46,9 @@ def activities(db: Database, settings: Settings) -> list[Callable[..., Any]]:
         records.decisions,
         records.decision,
         records.issue,
+        notify.gate_opened,
+        notify.gate_reminder,
+        notify.gate_closed,
         steps.run,
         workspaces.prepare,
     ]
