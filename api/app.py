@@ -22,15 +22,18 @@ from api.routers import (
     probes,
     run_reads,
     runs,
+    telegram_webhook,
     tokens,
 )
 from api.streams import EventHub
+from api.telegram_updates import TelegramUpdates
 from api.temporal import TemporalLink
 from operator_file import load
 from settings import VERSION, Settings
 from store.engine import Database
 from store.models import Job, Run
 from store.tokens import Scope
+from telegram_bot import BotLink
 from workflows.runs import RUN_ENDS
 
 DESCRIPTION = """
@@ -57,9 +60,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.temporal = TemporalLink(settings)
         await app.state.hub.start()
         await app.state.temporal.start()
+        link = BotLink(settings) if settings.telegram_on else None
+        if link is not None:
+            await link.start()
+            app.state.telegram = TelegramUpdates(
+                settings, app.state.db, lambda: app.state.temporal.client, link
+            )
         try:
             yield
         finally:
+            if link is not None:
+                await link.stop()
             await app.state.temporal.stop()
             await app.state.hub.stop()
             await app.state.db.dispose()
@@ -112,6 +123,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gates.router,
         approvals.router,
         config.router,
+        # Only with a bot token: without, Telegram is off and nothing else changes.
+        *([telegram_webhook.router] if settings.telegram_on else []),
     ):
         app.include_router(router)
     app.mount(docs.ASSETS, docs.assets(), name="docs-assets")
