@@ -10,7 +10,9 @@ it from every log record of the process, and `redact` from every error Pilothous
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import ssl
 import time
 import warnings
 from collections.abc import Awaitable, Callable
@@ -18,6 +20,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+import certifi
 from telegram import Bot
 from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError
 from telegram.request import HTTPXRequest
@@ -100,17 +103,26 @@ def guard_logs(token: str) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+@functools.cache
+def tls() -> ssl.SSLContext:
+    """httpx's default trust (certifi), made once: making it takes ~30 ms of CPU, which a
+    link made per notification would spend in the worker's event loop, delaying the next
+    stage that starts beside the notification (bench/telegram.py)."""
+    return ssl.create_default_context(cafile=certifi.where())
+
+
 class BotLink:
-    """A `Bot` and its HTTP connections, for one process (the worker, the API, the CLI)."""
+    """A `Bot` and its HTTP connections: one per API process, CLI command or notification."""
 
     def __init__(self, settings: Settings) -> None:
         assert settings.telegram_bot_token is not None
         self.token = settings.telegram_bot_token.get_secret_value()
         guard_logs(self.token)
         self.settings = settings
+        verify = {"verify": tls()}
         self._requests = (
-            HTTPXRequest(connection_pool_size=1, read_timeout=CALL_TIMEOUT_S),
-            HTTPXRequest(connection_pool_size=8, read_timeout=CALL_TIMEOUT_S),
+            HTTPXRequest(1, read_timeout=CALL_TIMEOUT_S, httpx_kwargs=verify),
+            HTTPXRequest(8, read_timeout=CALL_TIMEOUT_S, httpx_kwargs=verify),
         )
         self.bot = Bot(
             self.token,

@@ -32,7 +32,7 @@ from settings import Settings
 from store import events
 from store.engine import Database
 from store.models import TelegramMessage, utcnow
-from telegram_bot import BotLink, GaveUp
+from telegram_bot import BotLink, GaveUp, tls
 
 # Telegram's limit on a message's text.
 MAX_TEXT = 4096
@@ -163,6 +163,8 @@ class Notify:
     def __init__(self, db: Database, settings: Settings) -> None:
         self.db = db
         self.settings = settings
+        if notifying(settings) is not None:
+            tls()  # made now, not in the event loop when the first gate opens
 
     def _deadline(self) -> float:
         # One bound for the whole activity, however many chats it writes to.
