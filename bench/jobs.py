@@ -261,7 +261,9 @@ async def wait_ready(http: httpx.AsyncClient) -> None:
         await asyncio.sleep(0.1)
 
 
-def spawn(argv: list[str], settings: Settings) -> subprocess.Popen[bytes]:
+def spawn(
+    argv: list[str], settings: Settings, extra: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PILOTHOUSE_")}
     env.update(
         PILOTHOUSE_DATA_DIR=str(settings.data_dir),
@@ -270,6 +272,7 @@ def spawn(argv: list[str], settings: Settings) -> subprocess.Popen[bytes]:
         PILOTHOUSE_API_PORT=str(settings.api_port),
         PILOTHOUSE_TASK_QUEUE=settings.task_queue,
         PILOTHOUSE_LOG_LEVEL="warning",
+        **(extra or {}),
     )
     return subprocess.Popen(
         [sys.executable, "-m", "cli", *argv],
@@ -281,12 +284,13 @@ def spawn(argv: list[str], settings: Settings) -> subprocess.Popen[bytes]:
 
 @contextlib.asynccontextmanager
 async def processes(
-    database_url: str | None,
+    database_url: str | None, extra_env: dict[str, str] | None = None
 ) -> AsyncIterator[
     tuple[WorkflowEnvironment, Settings, str, subprocess.Popen[bytes], subprocess.Popen[bytes]]
 ]:
     """A dev server, and the API and the worker as their own processes, on a fresh data
-    directory: (the server, the settings, an admin token, the API, the worker)."""
+    directory: (the server, the settings, an admin token, the API, the worker). Both get
+    `extra_env` (more PILOTHOUSE_* settings)."""
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(),
         search_attributes=attributes.ALL,
@@ -307,8 +311,8 @@ async def processes(
             _, token = await create_token(session, f"bench-{uuid.uuid4().hex[:6]}", [Scope.admin])
             await session.commit()
         await db.dispose()
-        api = spawn(["api"], settings)
-        worker = spawn(["worker"], settings)
+        api = spawn(["api"], settings, extra_env)
+        worker = spawn(["worker"], settings, extra_env)
         try:
             yield env, settings, token, api, worker
         finally:
