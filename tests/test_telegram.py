@@ -16,6 +16,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 from sqlmodel import select
+from temporalio.api.history.v1 import History
+from temporalio.client import Client
 
 from activities.notify import notifying
 from api.app import create_app
@@ -24,6 +26,7 @@ from store.models import Decision, Event, GateRow
 from tests.conftest import Api
 from tests.fake_telegram import Call, Failure, FakeBotApi
 from tests.jobs_helpers import GATE, create_job, event_types, stage, wait_state
+from tests.test_replay import HISTORIES, REPLAYER
 from tests.test_routes import walk
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -333,6 +336,19 @@ async def test_a_gate_that_needs_reminders_gets_them_in_telegram(
     await wait_state(admin, job_id, "completed")
 
 
+async def test_a_gate_that_times_out_edits_the_message(
+    admin: httpx.AsyncClient, bot_api: FakeBotApi
+) -> None:
+    gate = {"required": True, "timeout_seconds": 1, "on_timeout": "reject"}
+    job_id = await create_job(admin, stage("build", gate=gate))
+    sent = await gate_message(bot_api, job_id)
+    assert "Deadline: " in sent.params["text"] and ", then reject." in sent.params["text"]
+    [edited] = await bot_api.wait_for("editMessageText", edits_of(sent))
+    assert "❌ Rejected by timer via timer at " in edited.params["text"]
+    assert "Reason: no decision within 1 s" in edited.params["text"]
+    await wait_state(admin, job_id, "paused")
+
+
 async def test_a_job_canceled_at_its_gate_edits_the_message(
     admin: httpx.AsyncClient, bot_api: FakeBotApi
 ) -> None:
@@ -360,6 +376,24 @@ async def test_an_approval_request_is_decided_from_telegram(
     status = (await admin.get(f"/approval/status/{approval_id}")).json()
     assert (status["status"], status["response_method"]) == ("approved", "telegram")
     await bot_api.wait_for("editMessageText", edits_of(sent))
+
+
+async def test_a_history_with_telegram_replays(
+    api: Api, admin: httpx.AsyncClient, bot_api: FakeBotApi, client: Client
+) -> None:
+    gate = {"required": True, "reminder_every_seconds": 1}
+    job_id = await create_job(admin, stage("a", gate=gate), stage("b"))
+    sent = await gate_message(bot_api, job_id)
+    await bot_api.wait_for("sendMessage", lambda c: "Still waiting" in c.params["text"])
+    assert (await webhook(api, bot_api.press(ALICE, button(sent, "Approve"), sent))).is_success
+    await wait_state(admin, job_id, "completed")
+    history = await client.get_workflow_handle(job_id).fetch_history()
+    kinds = {e.activity_task_scheduled_event_attributes.activity_type.name for e in history.events}
+    assert {"notify.gate_opened", "notify.gate_reminder", "notify.gate_closed"} <= kinds
+    await REPLAYER.replay_workflow(history)
+    if os.environ.get("PILOTHOUSE_RECORD_HISTORIES"):
+        recorded = History(events=history.events).SerializeToString()
+        (HISTORIES / "job_telegram_remind_press.pb").write_bytes(recorded)
 
 
 async def cli(settings: Settings, *args: str) -> tuple[int, str]:
