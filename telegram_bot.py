@@ -41,9 +41,10 @@ MAX_PAUSE_S = 30.0
 class GaveUp(Exception):
     """A Bot API call that did not succeed within its bound. The message is redacted."""
 
-    def __init__(self, message: str, attempts: int) -> None:
+    def __init__(self, message: str, attempts: int, retryable: bool) -> None:
         super().__init__(message)
         self.attempts = attempts
+        self.retryable = retryable
 
 
 def retryable(exc: TelegramError) -> bool:
@@ -171,11 +172,13 @@ class BotLink:
                 return await what()
             except TelegramError as exc:
                 if not retryable(exc):
-                    raise GaveUp(self.describe(exc), attempts) from None
+                    raise GaveUp(self.describe(exc), attempts, retryable=False) from None
                 wait = max(pause, retry_after_s(exc)) if isinstance(exc, RetryAfter) else pause
                 if time.monotonic() + wait >= deadline:
                     raise GaveUp(
-                        f"{self.describe(exc)} (gave up after {attempts} attempts)", attempts
+                        f"{self.describe(exc)} (gave up after {attempts} attempts)",
+                        attempts,
+                        retryable=True,
                     ) from None
                 log.info("Bot API call failed (%s); retrying in %.1f s", self.describe(exc), wait)
                 await asyncio.sleep(wait)

@@ -260,15 +260,23 @@ async def poll(settings: Settings, *, once: bool = False) -> None:
             await link.call(link.bot.delete_webhook, time.monotonic() + bound)
             offset: int | None = None
             while True:
-                batch = await link.call(
-                    functools.partial(
-                        link.bot.get_updates,
-                        offset=offset,
-                        timeout=settings.telegram_poll_seconds,
-                        allowed_updates=UPDATES,
-                    ),
-                    time.monotonic() + bound,
-                )
+                try:
+                    batch = await link.call(
+                        functools.partial(
+                            link.bot.get_updates,
+                            offset=offset,
+                            timeout=settings.telegram_poll_seconds,
+                            allowed_updates=UPDATES,
+                        ),
+                        time.monotonic() + bound,
+                    )
+                except GaveUp as exc:
+                    # A poller outlives a Bot API outage; a refused token or a second
+                    # poller (409) will not pass by waiting.
+                    if once or not exc.retryable:
+                        raise
+                    log.warning("Telegram did not answer getUpdates: %s; polling again", exc)
+                    continue
                 for update in batch:
                     try:
                         await updates.handle(update)

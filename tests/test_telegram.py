@@ -93,9 +93,24 @@ def edits_of(sent: Call) -> Any:
     return lambda c: c.params["message_id"] == sent.result["message_id"]
 
 
-async def test_a_press_by_an_approver_continues_the_job_and_edits_the_message(
-    api: Api, admin: httpx.AsyncClient, bot_api: FakeBotApi
+async def assert_no_token(
+    api: Api, caplog: pytest.LogCaptureFixture, answers: list[httpx.Response]
 ) -> None:
+    """The token is in every URL python-telegram-bot calls, and nowhere else."""
+    async with api.db.session() as session:
+        rows = list(await session.exec(select(Event)))
+        gates = list(await session.exec(select(GateRow)))
+    assert rows and all(TOKEN not in f"{e.message} {e.payload}" for e in rows)
+    assert gates and all(TOKEN not in repr(g) for g in gates)
+    assert all(TOKEN not in r.text and TOKEN not in str(r.headers) for r in answers)
+    assert caplog.records and TOKEN not in caplog.text
+    assert all(TOKEN not in r.getMessage() for r in caplog.records)
+
+
+async def test_a_press_by_an_approver_continues_the_job_and_edits_the_message(
+    api: Api, admin: httpx.AsyncClient, bot_api: FakeBotApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     job_id = await create_job(admin, stage("build", gate=GATE), stage("deploy"))
     job = await wait_state(admin, job_id, "needs_approval")
     gate_id = job["open_gate"]["gate_id"]
@@ -126,6 +141,9 @@ async def test_a_press_by_an_approver_continues_the_job_and_edits_the_message(
     assert "Approved by alice via telegram at " in edited.params["text"]
     assert "reply_markup" not in edited.params  # the buttons are gone
     assert "notify.failed" not in await event_types(admin, job_id)
+    assert all(call.token == TOKEN for call in bot_api.calls)
+    read = await admin.get(f"/api/v1/jobs/{job_id}")
+    await assert_no_token(api, caplog, [answer, read])
 
 
 async def test_a_wrong_secret_is_403_and_decides_nothing(
@@ -304,18 +322,12 @@ async def test_a_bot_api_that_stays_down_is_given_up_on_and_the_gate_stays_decid
     assert "Bad Gateway" in failed["payload"]["error"]
     assert bot_api.called("editMessageText") == []  # nothing went out to edit
 
-    # The token is in every URL python-telegram-bot calls, and nowhere else.
     assert all(call.token == TOKEN for call in bot_api.calls)
     message = {"message_id": 1, "date": 0, "chat": {"id": CHAT, "type": "group"}}
     for press in (bot_api.press(STRANGER, "nope:a", message), {"update_id": 1}):
         seen.append(await webhook(api, press))
     seen.append(await webhook(api, {"update_id": 2}, secret="wrong"))
-    async with api.db.session() as session:
-        rows = list(await session.exec(select(Event)))
-    assert rows and all(TOKEN not in f"{e.message} {e.payload}" for e in rows)
-    assert all(TOKEN not in r.text and TOKEN not in str(r.headers) for r in seen)
-    assert caplog.records and TOKEN not in caplog.text
-    assert all(TOKEN not in r.getMessage() for r in caplog.records)
+    await assert_no_token(api, caplog, seen)
     assert any("Bad Gateway" in r.getMessage() for r in caplog.records)
 
 
