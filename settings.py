@@ -40,6 +40,8 @@ class Limits:
     max_name_chars: int = 200
     max_text_chars: int = 4000  # reasons, notes, one argv item, one env value
     max_path_chars: int = 4096
+    max_prompt_chars: int = 100_000  # an agent's prompt or instruction
+    max_url_chars: int = 2048
     max_retries: int = 10
     max_approvals: int = 100
     max_int: int = 2**63 - 1  # ids and offsets: what the databases and Temporal hold
@@ -160,6 +162,38 @@ class Settings(BaseSettings):
                 raise ValueError(f"{user}: an approver is 1 to {LIMITS.max_name_chars} characters")
         return value
 
+    # --- agent tasks ----------------------------------------------------------------------
+    agent_command: str = Field(
+        "claude -p {prompt} --output-format stream-json --verbose --max-turns {max_turns} "
+        "--model {model} --permission-mode {mode}",
+        description="The agent command template, split like a shell line; each {placeholder} "
+        "fills one argument. `--resume` and `--mcp-config` are added when they apply",
+    )
+    agent_model: str = Field("claude-sonnet-4-20250514", max_length=200)
+    agent_permission_mode: str = Field("acceptEdits", max_length=50)
+    agent_idle_timeout_seconds: float = Field(
+        300, gt=0, le=YEAR_S, description="An agent silent this long is killed"
+    )
+    agent_kill_grace_seconds: float = Field(
+        15, ge=0, le=3600, description="Between SIGTERM and SIGKILL of a canceled agent"
+    )
+    github_api_url: str = Field("https://api.github.com", description="GitHub's REST API")
+    webhook_secret: SecretStr | None = Field(
+        None, description="Signs task webhooks (`X-Signature-256`); unsigned when unset"
+    )
+    webhook_timeout_seconds: float = Field(10, gt=0, le=300, description="Per delivery attempt")
+    task_idle_ttl_seconds: float = Field(
+        24 * 3600,
+        gt=0,
+        le=YEAR_S,
+        description="A task idle this long awaiting instructions finishes; its workspace goes",
+    )
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Fernet key that encrypts keys and credentials at rest; by default one "
+        "is generated into the data directory on first start",
+    )
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
@@ -172,6 +206,14 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'pilothouse.db').resolve()}"
+
+    @property
+    def workspaces_dir(self) -> Path:
+        return self.data_dir.resolve() / "workspaces"
+
+    @property
+    def mirrors_dir(self) -> Path:
+        return self.data_dir.resolve() / "mirrors"
 
     @property
     def artifacts_dir(self) -> Path:

@@ -70,6 +70,9 @@ class Transition(CarriesDecisions):
     parts: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description='Columns of parts with rows of their own: "phase:<id>"'
     )
+    adds: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description='Parts that begin here ("iteration:<n>"), unless there'
+    )
 
 
 CarriesDecisions.model_rebuild()
@@ -187,6 +190,7 @@ async def write_transition(session: AsyncSession, t: Transition) -> None:
     )
     if t.final:
         await resources.set_ended(session, t.resource_kind, t.resource_id)
+    await resources.add_parts(session, t.resource_kind, t.resource_id, t.adds)
     await resources.set_parts(session, t.resource_kind, t.resource_id, t.parts)
     if t.final:
         await close_gates(session, t.resource_id, gate_end(t.state), t.error or t.message)

@@ -3,6 +3,11 @@
 The command runs in its own process group, with its output going to an artifact file.
 The activity heartbeats every second, which is also how a cancel reaches it; a cancel or a
 timeout stops the whole group with SIGTERM, then SIGKILL after a grace period.
+
+Jobs and runs use `steps.run`, whose output goes straight to the file. Other activities
+(the agent adapter) call `Steps.execute` with a `Streaming`: the output is then read line
+by line, written to the same file and handed to a `LineSink`, and a watchdog stops a
+command that prints nothing for a while. Either way the failure is theirs to judge.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ import re
 import signal
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from pydantic import BaseModel, Field
 from temporalio import activity
@@ -35,6 +41,13 @@ TAIL_LINE_CHARS = 500
 # What a step inherits from the worker; everything else (database URLs, tokens) stays out.
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "SHELL")
 NOT_STARTABLE = 127
+CHUNK_BYTES = 64 * 1024
+# A streamed line longer than this reaches the sink in pieces; the log keeps it whole.
+MAX_LINE_BYTES = 4 * 1024 * 1024
+# How long a streamed step's pipes may stay open after its leader exits (held by children).
+PIPE_GRACE_S = 2.0
+# How long a SIGKILLed group may take to be gone before we stop waiting for it.
+GROUP_EXIT_S = 5.0
 
 
 class StepInput(CarriesDecisions):
@@ -63,6 +76,39 @@ class StepResult(BaseModel):
     diff: Diff | None = None
 
 
+class LineSink(Protocol):
+    """Takes a streamed step's output, one line at a time, as it is read."""
+
+    def line(self, data: bytes, stream: str) -> None:
+        """One line without its newline, from `stream` ("stdout" or "stderr"). It must not
+        block: the pipes are read between calls."""
+
+    async def drain(self) -> None:
+        """Finish with what it was given; called once the command is gone."""
+
+
+@dataclass
+class Streaming:
+    """Read the output line by line into `sink`; stop the command after a silence."""
+
+    sink: LineSink
+    idle_timeout_seconds: float | None = None
+
+
+@dataclass
+class Executed:
+    result: StepResult
+    outcome: str  # succeeded | failed | timed_out | idle
+    attempt: int
+
+
+@dataclass
+class Heard:
+    """When a streamed command last printed anything."""
+
+    at: float = field(default_factory=time.monotonic)
+
+
 class Steps:
     """Bound to the worker's database and artifacts directory."""
 
@@ -72,26 +118,60 @@ class Steps:
 
     @activity.defn(name="steps.run")
     async def run(self, step: StepInput) -> StepResult:
+        done = await self.execute(step)
+        result, attempt = done.result, done.attempt
+        if done.outcome == "timed_out":
+            raise ApplicationError(
+                f"step {step.stage!r} timed out after {step.timeout_seconds} s",
+                result.model_dump(),
+                type="StepTimedOut",
+                non_retryable=attempt > step.retries,
+            )
+        if result.exit_code != 0:
+            # Attempts also count worker crashes, which the retry policy retries on its own.
+            raise ApplicationError(
+                failure(step, result.exit_code, result.tail),
+                result.model_dump(),
+                type="StepFailed",
+                non_retryable=attempt > step.retries,
+            )
+        return result
+
+    async def execute(
+        self,
+        step: StepInput,
+        *,
+        shown_argv: list[str] | None = None,
+        streaming: Streaming | None = None,
+    ) -> Executed:
+        """Run the step and record it; its outcome is returned, only a cancel raises.
+        `shown_argv` is what `stage_started` shows instead of the argv (redactions)."""
         attempt = activity.info().attempt
-        slug = re.sub(r"[^A-Za-z0-9._-]", "_", step.stage)[:80]
+        slug = stage_slug(step.stage)
         relative = Path(step.resource_id) / f"{slug}-{attempt}-{uuid.uuid4().hex[:8]}.log"
         path = self.artifacts_dir / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         pgid_file = path.parent / f".{slug}.pgid"
         if pgid_file.exists():
             await asyncio.to_thread(stop_orphan, pgid_file)
-        await self._started(step, attempt)
+        await self._started(step, attempt, step.argv if shown_argv is None else shown_argv)
         before = await workspaces.snapshot(Path(step.cwd)) if step.diff and step.cwd else None
         started = time.monotonic()
         outcome = "failed"
         exit_code = NOT_STARTABLE
         try:
             with path.open("wb") as out:
-                exit_code, outcome = await self._execute(step, out, pgid_file)
+                if streaming is None:
+                    exit_code, outcome = await self._execute(step, out, pgid_file)
+                else:
+                    exit_code, outcome = await self._stream(step, out, pgid_file, streaming)
         except asyncio.CancelledError:
             outcome = "canceled"
             raise
         finally:
+            if streaming is not None:
+                # What the sink still holds goes before `step_finished`.
+                await asyncio.shield(streaming.sink.drain())
             duration_ms = int((time.monotonic() - started) * 1000)
             result = await asyncio.shield(
                 self._record(step, relative, path, exit_code, outcome, duration_ms, attempt)
@@ -101,24 +181,36 @@ class Steps:
             result.diff = await workspaces.changes(
                 Path(step.cwd), before, self.artifacts_dir, patch
             )
-        if outcome == "timed_out":
-            raise ApplicationError(
-                f"step {step.stage!r} timed out after {step.timeout_seconds} s",
-                result.model_dump(),
-                type="StepTimedOut",
-                non_retryable=attempt > step.retries,
-            )
-        if exit_code != 0:
-            # Attempts also count worker crashes, which the retry policy retries on its own.
-            raise ApplicationError(
-                failure(step, exit_code, result.tail),
-                result.model_dump(),
-                type="StepFailed",
-                non_retryable=attempt > step.retries,
-            )
-        return result
+        return Executed(result=result, outcome=outcome, attempt=attempt)
 
     async def _execute(self, step: StepInput, out: BinaryIO, pgid_file: Path) -> tuple[int, str]:
+        process = await self._spawn(step, out, pgid_file, piped=False)
+        if process is None:
+            return NOT_STARTABLE, "failed"
+        return await self._supervise(step, process, pgid_file)
+
+    async def _stream(
+        self, step: StepInput, out: BinaryIO, pgid_file: Path, streaming: Streaming
+    ) -> tuple[int, str]:
+        process = await self._spawn(step, out, pgid_file, piped=True)
+        if process is None:
+            return NOT_STARTABLE, "failed"
+        assert process.stdout is not None and process.stderr is not None
+        heard = Heard()
+        pumps = [
+            asyncio.create_task(pump(process.stdout, "stdout", out, streaming.sink, heard)),
+            asyncio.create_task(pump(process.stderr, "stderr", out, streaming.sink, heard)),
+        ]
+        try:
+            return await self._supervise(
+                step, process, pgid_file, heard, streaming.idle_timeout_seconds
+            )
+        finally:
+            await asyncio.shield(close_pumps(process.pid, pumps))
+
+    async def _spawn(
+        self, step: StepInput, out: BinaryIO, pgid_file: Path, *, piped: bool
+    ) -> asyncio.subprocess.Process | None:
         env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ} | step.env
         try:
             process = await asyncio.create_subprocess_exec(
@@ -126,36 +218,67 @@ class Steps:
                 cwd=step.cwd,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
+                stdout=asyncio.subprocess.PIPE if piped else out,
+                stderr=asyncio.subprocess.PIPE if piped else asyncio.subprocess.STDOUT,
                 start_new_session=True,
             )
         except FileNotFoundError:
-            out.write(f"pilothouse: command not found: {step.argv[0]!r}\n".encode())
-            return NOT_STARTABLE, "failed"
+            if step.cwd is not None and not await asyncio.to_thread(Path(step.cwd).is_dir):
+                why = f"cannot start {step.argv[0]!r}: no such directory {step.cwd!r}"
+            else:
+                why = f"command not found: {step.argv[0]!r}"
+            out.write(f"pilothouse: {why}\n".encode())
+            return None
         except (OSError, ValueError) as exc:
             out.write(f"pilothouse: cannot start {step.argv[0]!r}: {exc}\n".encode())
-            return NOT_STARTABLE, "failed"
+            return None
         # A worker killed mid-step leaves its group running; the next attempt stops it.
         await asyncio.to_thread(pgid_file.write_text, f"{process.pid} {start_time(process.pid)}")
+        return process
+
+    async def _supervise(
+        self,
+        step: StepInput,
+        process: asyncio.subprocess.Process,
+        pgid_file: Path,
+        heard: Heard | None = None,
+        idle_seconds: float | None = None,
+    ) -> tuple[int, str]:
+        """Heartbeat until the leader exits; stop the group on a cancel, the timeout, or
+        (with `heard`) a silence of `idle_seconds`."""
         deadline = time.monotonic() + step.timeout_seconds if step.timeout_seconds else None
+
+        def quiet_until() -> float | None:
+            if heard is None or idle_seconds is None:
+                return None
+            return heard.at + idle_seconds
+
         try:
             while True:
                 activity.heartbeat()
+                ends = [t for t in (deadline, quiet_until()) if t is not None]
+                wait = min([HEARTBEAT_S, *(t - time.monotonic() for t in ends)])
                 try:
-                    code = await asyncio.wait_for(process.wait(), HEARTBEAT_S)
+                    code = await asyncio.wait_for(process.wait(), max(wait, 0.01))
                     return code, "succeeded" if code == 0 else "failed"
                 except TimeoutError:
-                    if deadline is not None and time.monotonic() >= deadline:
-                        await asyncio.shield(stop_group(process, step.kill_grace_seconds))
-                        return await process.wait(), "timed_out"
+                    now = time.monotonic()
+                    quiet = quiet_until()
+                    if deadline is not None and now >= deadline:
+                        ended = "timed_out"
+                    elif quiet is not None and now >= quiet:
+                        ended = "idle"
+                    else:
+                        continue
+                    await asyncio.shield(stop_group(process, step.kill_grace_seconds))
+                    return await process.wait(), ended
         except asyncio.CancelledError:
             await asyncio.shield(stop_group(process, step.kill_grace_seconds))
             raise
         finally:
             await asyncio.to_thread(pgid_file.unlink, True)
 
-    async def _started(self, step: StepInput, attempt: int) -> None:
+    async def _started(self, step: StepInput, attempt: int, argv: list[str]) -> None:
         async with self.db.session() as session:
             # The decision that let this stage start comes first in the log.
             await write_carried(session, step)
@@ -175,7 +298,7 @@ class Steps:
                 stage=step.stage,
                 status="running",
                 message=f"{step.stage}: started (attempt {attempt})",
-                payload={"stage": step.stage, "attempt": attempt, "argv": step.argv},
+                payload={"stage": step.stage, "attempt": attempt, "argv": argv},
             )
             await session.commit()
 
@@ -218,6 +341,51 @@ class Steps:
         return result
 
 
+def stage_slug(stage: str) -> str:
+    """A stage's name as a file name: its logs, patches and pgid file are named by it."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", stage)[:80]
+
+
+async def pump(
+    reader: asyncio.StreamReader, stream: str, out: BinaryIO, sink: LineSink, heard: Heard
+) -> None:
+    """Copy a pipe to the log, line by line, and hand each line to the sink."""
+    pending = bytearray()
+
+    def emit(newline: bool) -> None:
+        out.write(bytes(pending) + (b"\n" if newline else b""))
+        sink.line(bytes(pending), stream)
+        pending.clear()
+
+    while chunk := await reader.read(CHUNK_BYTES):
+        heard.at = time.monotonic()
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            pending += chunk[start:end]
+            emit(True)
+            start = end + 1
+        pending += chunk[start:]
+        if len(pending) > MAX_LINE_BYTES:
+            emit(False)
+        out.flush()
+    if pending:
+        emit(False)
+        out.flush()
+
+
+async def close_pumps(pgid: int, pumps: list[asyncio.Task[None]]) -> None:
+    """Read what is left in the pipes. Children of a finished leader that still hold them
+    open are killed: the step is over."""
+    _, pending = await asyncio.wait(pumps, timeout=PIPE_GRACE_S)
+    if pending:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        _, pending = await asyncio.wait(pending, timeout=PIPE_GRACE_S)
+    for task in pending:  # a child that left the group: stop listening to it
+        task.cancel()
+    await asyncio.gather(*pumps, return_exceptions=True)
+
+
 def failure(step: StepInput, exit_code: int, tail: list[str]) -> str:
     """Why a step failed, in words: the exit status and the last line it printed."""
     text = f"step {step.stage!r} exited with status {exit_code}"
@@ -238,6 +406,28 @@ async def stop_group(process: asyncio.subprocess.Process, grace_seconds: float) 
     # The leader is gone; children that ignored SIGTERM may linger in the group.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
+    # A SIGKILL is delivered, not done: wait until nothing of the group runs, so "stopped"
+    # is true when we say it (a cancel waiting for completion relies on it).
+    await asyncio.to_thread(wait_group_gone, process.pid, GROUP_EXIT_S)
+
+
+def wait_group_gone(pgid: int, seconds: float) -> None:
+    """Poll /proc until no process of the group runs, for at most `seconds` (blocking)."""
+    deadline = time.monotonic() + seconds
+    while group_running(pgid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def group_running(pgid: int) -> bool:
+    """Whether a process of the group still runs; zombies do not count."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue  # gone while we looked
+        if group == str(pgid) and state not in ("Z", "X"):
+            return True
+    return False
 
 
 def start_time(pid: int) -> str:
@@ -258,6 +448,8 @@ def stop_orphan(pgid_file: Path) -> None:
     if start_time(pgid) == started:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
+        # The next attempt works in the same directory: the orphan must be gone first.
+        wait_group_gone(pgid, GROUP_EXIT_S)
     pgid_file.unlink(missing_ok=True)
 
 

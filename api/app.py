@@ -19,6 +19,8 @@ from api.routers import (
     docs,
     gates,
     jobs,
+    keys,
+    mcp,
     probes,
     run_reads,
     runs,
@@ -87,6 +89,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "auth", "description": "API tokens and their scopes"},
             {"name": "jobs", "description": "Pipeline jobs: stages, gates, events, artifacts"},
             {"name": "runs", "description": "Build runs: tiers, phases, builders and auditors"},
+            {"name": "keys", "description": "Registered repository credentials, encrypted"},
+            {"name": "mcp", "description": "MCP servers given to every agent (admin)"},
             {"name": "approvals", "description": "The inbox of open gates, across families"},
             {"name": "config", "description": "The operator file: pipelines and gates"},
             {"name": "probes", "description": "Liveness, readiness, health and metrics"},
@@ -123,6 +127,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gates.router,
         approvals.router,
         config.router,
+        keys.router,
+        mcp.router,
         # Only with a bot token: without, Telegram is off and nothing else changes.
         *([telegram_webhook.router] if settings.telegram_on else []),
     ):

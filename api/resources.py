@@ -4,7 +4,7 @@ streamed) and its artifacts (listed and downloaded). Jobs mount them under
 
 # No `from __future__ import annotations`: the routes' parameter types are built per kind,
 # inside `resource_routes`, and FastAPI must see them as objects, not names.
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -22,7 +22,7 @@ from api.route import strict_router
 from api.streams import EventHub, event_json, resume_from, sse
 from settings import LIMITS
 from store import events
-from store.models import Artifact
+from store.models import Artifact, Event
 from store.tokens import Principal, Scope
 
 
@@ -66,6 +66,9 @@ def resource_routes(
     read_scope: Scope,
     terminal: Collection[str],
     tags: list[str],
+    stream_path: str = "/events/stream",
+    shape: Callable[[Event], dict[str, Any]] = event_json,
+    settles: Callable[[Event], bool] = lambda _: False,
 ) -> APIRouter:
     """Events and artifacts of one kind of resource, at `{prefix}/{<kind>_id}/…`."""
     router = strict_router(
@@ -109,7 +112,7 @@ def resource_routes(
         )
 
     @router.get(
-        route("/events/stream"),
+        route(stream_path),
         summary=f"Stream a {kind}'s events (SSE)",
         response_class=StreamingResponse,
         responses={200: {"content": {"text/event-stream": {}}}},
@@ -155,6 +158,8 @@ def resource_routes(
             ended,
             settings.sse_keepalive_seconds,
             settings.sse_max_seconds,
+            shape,
+            settles,
         )
         return StreamingResponse(
             stream,

@@ -191,6 +191,31 @@ def event_json(event: Event) -> dict[str, Any]:
     }
 
 
+# The coding-agent system's stream names five kinds of event; the log's types map onto them.
+AGENT_STREAM_KINDS = ("system", "git", "cli", "stream", "result")
+
+
+def agent_stream_json(event: Event) -> dict[str, Any]:
+    """An event as the coding-agent stream sends it: `{type, event, data, ts}`, where an
+    agent's own stream-json line is `data` as it came."""
+    head = event.type.split(".", 1)[0]
+    if event.type == "agent.result":
+        kind = "result"
+    elif head == "agent":
+        kind = "stream"
+    elif event.type in ("stage_started", "step_finished"):
+        kind = "cli"
+    else:
+        kind = head if head in AGENT_STREAM_KINDS else "system"
+    data = event.payload if head == "agent" else {"message": event.message, **event.payload}
+    return {
+        "type": kind,
+        "event": event.type,
+        "data": data,
+        "ts": event.created_at.isoformat().replace("+00:00", "Z"),
+    }
+
+
 def frame(data: dict[str, Any], *, event: str | None = None, id: int | None = None) -> str:
     lines = []
     if id is not None:
@@ -209,10 +234,14 @@ async def sse(
     ended: Callable[[], Awaitable[dict[str, Any] | None]],
     keepalive_s: float,
     max_s: float,
+    shape: Callable[[Event], dict[str, Any]] = event_json,
+    settles: Callable[[Event], bool] = lambda _: False,
 ) -> AsyncIterator[str]:
     """Subscribe first, then replay from the database, then follow live events.
 
-    `ended` returns the resource's final status once it has ended, else None.
+    `ended` returns the resource's final status once it has ended, else None. An event
+    that `settles` the resource without ending it (a task's iteration completed) also
+    closes the stream with `done`, when it is the latest: live, or last in the replay.
     """
     async with hub.subscribe(resource_id) as subscription:
         yield frame(connected, event="connected")
@@ -230,12 +259,15 @@ async def sse(
                 for event in batch:
                     assert event.id is not None
                     last = event.id
-                    yield frame(event_json(event), id=event.id)
+                    yield frame(shape(event), id=event.id)
                     if event.final:
                         yield frame({"status": event.status}, event="done")
                         return
                 if len(batch) == REPLAY_BATCH:
                     continue
+                if batch and settles(batch[-1]):
+                    yield frame({"status": batch[-1].status}, event="done")
+                    return
                 if not caught_up:
                     caught_up = True
                     if final is not None:
@@ -254,7 +286,7 @@ async def sse(
             if event.id <= last:
                 continue
             last = event.id
-            yield frame(event_json(event), id=event.id)
-            if event.final:
+            yield frame(shape(event), id=event.id)
+            if event.final or settles(event):
                 yield frame({"status": event.status}, event="done")
                 return

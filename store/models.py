@@ -401,3 +401,117 @@ class TelegramPrompt(SQLModel, table=True):
     )
     user_id: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
     created_at: datetime = _when(default_factory=utcnow)
+
+
+class Task(SQLModel, table=True):
+    """A coding-agent task: a repository, a prompt, and the iterations an agent ran on it."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (sa.Index("ix_tasks_created", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=100)
+    state: str = Field(default="pending", max_length=30)
+    stage: str | None = Field(default=None, max_length=200, description="The iteration running")
+    repo_url: str | None = Field(default=None, max_length=4096)
+    target_branch: str | None = Field(default=None, max_length=255)
+    branch: str | None = Field(default=None, max_length=255)
+    prompt: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    callback_url: str | None = Field(default=None, max_length=4096)
+    config: dict[str, Any] = Field(
+        default_factory=dict, sa_column=sa.Column(sa.JSON, nullable=False)
+    )
+    credential: str | None = Field(
+        default=None,
+        sa_column=sa.Column(sa.Text, nullable=True),
+        description="The request's access token, encrypted (store/secrets.py)",
+    )
+    key_name: str | None = Field(default=None, max_length=200)
+    workspace: str | None = Field(default=None, max_length=4096)
+    agent_session_id: str | None = Field(default=None, max_length=200)
+    iterations: int = 0
+    result: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    error: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    changes: dict[str, Any] = Field(
+        default_factory=dict, sa_column=sa.Column(sa.JSON, nullable=False)
+    )
+    usage: dict[str, Any] = Field(
+        default_factory=dict, sa_column=sa.Column(sa.JSON, nullable=False)
+    )
+    pr_url: str | None = Field(default=None, max_length=4096)
+    pr_number: int | None = None
+    trace_id: str = Field(max_length=64)
+    owner: str = Field(max_length=200)
+    created_at: datetime = _when(default_factory=utcnow)
+    started_at: datetime | None = _when(nullable=True, default=None)
+    completed_at: datetime | None = _when(nullable=True, default=None)
+    updated_at: datetime = _when(default_factory=utcnow)
+
+
+class TaskIteration(SQLModel, table=True):
+    """One run of the agent on a task: the first prompt, or a follow-up instruction."""
+
+    __tablename__ = "task_iterations"
+    __table_args__ = (sa.UniqueConstraint("task_id", "number"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: str = Field(max_length=100, index=True)
+    number: int
+    prompt: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    state: str = Field(default="running", max_length=30)
+    result: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    error: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    agent_session_id: str | None = Field(default=None, max_length=200)
+    usage: dict[str, Any] = Field(
+        default_factory=dict, sa_column=sa.Column(sa.JSON, nullable=False)
+    )
+    changes: dict[str, Any] = Field(
+        default_factory=dict, sa_column=sa.Column(sa.JSON, nullable=False)
+    )
+    started_at: datetime | None = _when(nullable=True, default=None)
+    finished_at: datetime | None = _when(nullable=True, default=None)
+    updated_at: datetime = _when(default_factory=utcnow)
+
+
+class Key(SQLModel, table=True):
+    """A registered credential (a GitHub token), encrypted at rest, named in requests."""
+
+    __tablename__ = "keys"
+
+    name: str = Field(primary_key=True, max_length=200)
+    provider: str = Field(max_length=50)
+    token: str = Field(sa_column=sa.Column(sa.Text, nullable=False), description="Encrypted")
+    created_by: str = Field(max_length=200)
+    created_at: datetime = _when(default_factory=utcnow)
+
+
+class McpServer(SQLModel, table=True):
+    """A global MCP server; the enabled ones go into the agent's `--mcp-config` file."""
+
+    __tablename__ = "mcp_servers"
+
+    name: str = Field(primary_key=True, max_length=200)
+    package: str = Field(max_length=500)
+    command: str = Field(default="npx", max_length=500)
+    args: list[str] = Field(default_factory=list, sa_column=sa.Column(sa.JSON, nullable=False))
+    enabled: bool = True
+    created_by: str = Field(max_length=200)
+    created_at: datetime = _when(default_factory=utcnow)
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One attempt to deliver one webhook: what was sent where, and what came back."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (sa.Index("ix_webhook_deliveries_resource", "resource_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    resource_kind: str = Field(max_length=20)
+    resource_id: str = Field(max_length=100)
+    event: str = Field(max_length=100, description="`task.completed`, `task.failed`, …")
+    url: str = Field(max_length=4096)
+    attempt: int
+    status_code: int | None = None
+    error: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    duration_ms: int = 0
+    delivered: bool = False
+    created_at: datetime = _when(default_factory=utcnow)

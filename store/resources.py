@@ -2,20 +2,41 @@
 
 from __future__ import annotations
 
+import typing
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import SQLModel
+from sqlmodel import SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from store.models import ApprovalRequest, Job, Run, RunPhase, RunTier, utcnow
+from store.models import ApprovalRequest, Job, Run, RunPhase, RunTier, Task, TaskIteration, utcnow
 
-TABLES: dict[str, type[SQLModel]] = {"job": Job, "approval": ApprovalRequest, "run": Run}
-# The parts of a resource that have rows of their own, by (kind, part): table and key column.
-PARTS: dict[tuple[str, str], tuple[type[SQLModel], str]] = {
-    ("run", "phase"): (RunPhase, "phase_id"),
-    ("run", "tier"): (RunTier, "tier_id"),
+TABLES: dict[str, type[SQLModel]] = {
+    "job": Job,
+    "approval": ApprovalRequest,
+    "run": Run,
+    "task": Task,
 }
+# The parts of a resource that have rows of their own, by (kind, part): table, the column
+# naming their resource, and their key column.
+PARTS: dict[tuple[str, str], tuple[type[SQLModel], str, str]] = {
+    ("run", "phase"): (RunPhase, "run_id", "phase_id"),
+    ("run", "tier"): (RunTier, "run_id", "tier_id"),
+    ("task", "iteration"): (TaskIteration, "task_id", "number"),
+}
+
+
+def columns(table: type[SQLModel], values: dict[str, Any]) -> dict[str, Any]:
+    """Values as their columns take them: workflows send times as ISO-8601 text."""
+    out = dict(values)
+    for name, value in values.items():
+        field = table.model_fields.get(name)
+        if isinstance(value, str) and field is not None:
+            kinds = (field.annotation, *typing.get_args(field.annotation))
+            if datetime in kinds:
+                out[name] = datetime.fromisoformat(value)
+    return out
 
 
 async def set_fields(session: AsyncSession, kind: str, resource_id: str, **values: Any) -> None:
@@ -25,8 +46,32 @@ async def set_fields(session: AsyncSession, kind: str, resource_id: str, **value
     if table is None:
         return
     await session.exec(
-        sa.update(table).where(sa.column("id") == resource_id).values(**values, updated_at=utcnow())
+        sa.update(table)
+        .where(sa.column("id") == resource_id)
+        .values(**columns(table, values), updated_at=utcnow())
     )
+
+
+def _part(kind: str, name: str) -> tuple[type[SQLModel], str, str, str | int]:
+    part, _, part_id = name.partition(":")
+    table, owner, key = PARTS[(kind, part)]
+    key_value: str | int = int(part_id) if table.model_fields[key].annotation is int else part_id
+    return table, owner, key, key_value
+
+
+async def add_parts(
+    session: AsyncSession, kind: str, resource_id: str, parts: dict[str, dict[str, Any]]
+) -> None:
+    """Add rows for parts that begin now (`"iteration:2"`); one there already is kept, so a
+    retried activity adds nothing twice."""
+    for name, values in parts.items():
+        table, owner, key, key_value = _part(kind, name)
+        found = await session.exec(
+            select(table).where(sa.column(owner) == resource_id, sa.column(key) == key_value)
+        )
+        if found.first() is None:
+            session.add(table(**{owner: resource_id, key: key_value, **columns(table, values)}))
+            await session.flush()
 
 
 async def set_parts(
@@ -35,12 +80,15 @@ async def set_parts(
     """Set columns on parts of a resource, named `"<part>:<id>"` (`"phase:build"`)."""
     for name, values in parts.items():
         part, _, part_id = name.partition(":")
-        table, key = PARTS[(kind, part)]
+        table, owner, key = PARTS[(kind, part)]
         if "updated_at" in table.model_fields:
             values = {**values, "updated_at": utcnow()}
+        key_value: str | int = (
+            int(part_id) if table.model_fields[key].annotation is int else part_id
+        )
         await session.exec(
             sa.update(table)
-            .where(sa.column("run_id") == resource_id, sa.column(key) == part_id)
+            .where(sa.column(owner) == resource_id, sa.column(key) == key_value)
             .values(**values)
         )
 
