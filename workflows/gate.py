@@ -134,6 +134,7 @@ class GateState:
         self.deciders: set[str] = set()
         self.result: GateResult | None = None
         self.recording = 0
+        self.recorded = False
 
     @property
     def state(self) -> Literal["open", "approved", "rejected", "failed"]:
@@ -270,6 +271,11 @@ class Gated:
         if pending:
             await asyncio.gather(*pending)
 
+    def gate_recorded(self, gate_id: str) -> bool:
+        """Whether a gate's row exists: the API can then decide it by its id."""
+        gate = self._open.get(gate_id) or self._closed.get(gate_id)
+        return gate is not None and gate.recorded
+
     # --- the Update --------------------------------------------------------------------
 
     def _check(self, d: DecisionIn) -> GateState:
@@ -391,6 +397,7 @@ class Gated:
                 why=why,
             ),
         )
+        gate.recorded = True
         auto = config.auto_approve and auto_approve_allowed
         # Histories from before Telegram have no answer here (None), so start nothing.
         if notifying and not auto and workflow.patched(TELEGRAM_NOTICES):
