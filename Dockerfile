@@ -2,7 +2,7 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
-COPY cli.py settings.py stack.py temporal_client.py worker.py ./
+COPY cli.py settings.py stack.py telegram_bot.py temporal_client.py worker.py ./
 COPY api ./api
 COPY store ./store
 COPY workflows ./workflows

@@ -28,6 +28,7 @@ bench: install
 	$(BIN)/python -m bench.startup
 	$(BIN)/python -m bench.jobs
 	$(BIN)/python -m bench.runs
+	$(BIN)/python -m bench.telegram
 
 clean:
 	rm -rf $(VENV) .pilothouse .pytest_cache .mypy_cache .ruff_cache

@@ -21,8 +21,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
+telegram_app = typer.Typer(help="Telegram approval buttons.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="token")
+app.add_typer(telegram_app, name="telegram")
 
 DataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="Data directory [env PILOTHOUSE_DATA_DIR]")
@@ -210,6 +212,67 @@ def token_revoke(name: str, data_dir: DataDir = None) -> None:
     if not _with_session(_settings(data_dir=data_dir), work):
         _fail(f"no live token is named {name!r}")
     typer.echo(f"pilothouse: revoked token {name!r}", err=True)
+
+
+def _telegram_settings() -> Settings:
+    settings = _settings()
+    if not settings.telegram_on:
+        _fail("Telegram is off: set PILOTHOUSE_TELEGRAM_BOT_TOKEN")
+    return settings
+
+
+@telegram_app.command("poll")
+def telegram_poll(
+    once: Annotated[
+        bool, typer.Option("--once", help="Handle one batch of updates, then exit")
+    ] = False,
+) -> None:
+    """Long-poll Telegram for button presses and decide gates, without a public URL.
+
+    Removes a webhook set before: Telegram gives updates to one or the other."""
+    from api.telegram_updates import poll
+    from telegram_bot import GaveUp
+
+    settings = _telegram_settings()
+    _logging(settings)
+    try:
+        asyncio.run(poll(settings, once=once))
+    except GaveUp as exc:
+        _fail(f"Telegram: {exc}")
+    except KeyboardInterrupt:
+        pass
+
+
+@telegram_app.command("set-webhook")
+def telegram_set_webhook(
+    url: Annotated[str, typer.Argument(help="Where Telegram posts: https://…/telegram/webhook")],
+) -> None:
+    """Register the webhook with Telegram, with PILOTHOUSE_TELEGRAM_WEBHOOK_SECRET."""
+    import time
+
+    from api.telegram_updates import UPDATES
+    from telegram_bot import BotLink, GaveUp
+
+    settings = _telegram_settings()
+    secret = settings.telegram_webhook_secret
+    if secret is None:
+        _fail("set PILOTHOUSE_TELEGRAM_WEBHOOK_SECRET: the webhook refuses updates without it")
+        return
+
+    async def register() -> None:
+        async with BotLink(settings) as link:
+            await link.call(
+                lambda: link.bot.set_webhook(
+                    url, secret_token=secret.get_secret_value(), allowed_updates=UPDATES
+                ),
+                time.monotonic() + settings.telegram_give_up_seconds,
+            )
+
+    try:
+        asyncio.run(register())
+    except GaveUp as exc:
+        _fail(f"Telegram refused the webhook: {exc}")
+    typer.echo(f"pilothouse: Telegram posts updates to {url}", err=True)
 
 
 def main() -> None:

@@ -14,6 +14,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 VERSION = "0.1.0"
 
 YEAR_S = 365 * 24 * 3600
+# Telegram's rule for setWebhook's secret_token.
+SECRET_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,73 @@ class Settings(BaseSettings):
         description="Kill switch: serve /dashboard/runs/{id}/consolidated-metrics (503 when off)",
     )
     log_level: str = "info"
+    public_url: str | None = Field(
+        None,
+        description="The API's address as operators reach it, for links in notifications; "
+        "default http://<api_host>:<api_port>",
+    )
+    temporal_ui_url: str | None = Field(
+        None,
+        description="The Temporal Web UI's address, for links in notifications; "
+        "default the embedded one, http://127.0.0.1:<ui_port>",
+    )
+    telegram_bot_token: SecretStr | None = Field(
+        None, description="The Telegram bot's token; Telegram approval buttons are off without it"
+    )
+    telegram_chat_ids: Annotated[list[int], NoDecode] = Field(
+        default_factory=list, description="Comma-separated chats that gate messages go to"
+    )
+    telegram_webhook_secret: SecretStr | None = Field(
+        None,
+        description="1-256 of A-Z a-z 0-9 _ -. Telegram sends it in "
+        "X-Telegram-Bot-Api-Secret-Token; the webhook refuses every update without it",
+    )
+    telegram_approvers: dict[int, str] = Field(
+        default_factory=dict,
+        description="JSON: Telegram user id → the Pilothouse approver identity it decides as",
+    )
+    telegram_api_base: str = Field(
+        "https://api.telegram.org/bot",
+        description="The Bot API base URL, python-telegram-bot's `base_url`: the token is "
+        "appended to it (a self-hosted Bot API server, or a test's fake)",
+    )
+    telegram_give_up_seconds: float = Field(
+        60,
+        gt=0,
+        le=3600,
+        description="How long one notification retries a Bot API that fails, then records "
+        "notify.failed",
+    )
+    telegram_first_retry_seconds: float = Field(
+        1, gt=0, le=60, description="The first pause between retries; each pause doubles"
+    )
+    telegram_poll_seconds: int = Field(
+        30, ge=0, le=600, description="`pilothouse telegram poll`: one getUpdates long poll"
+    )
+
+    @field_validator("telegram_chat_ids", mode="before")
+    @classmethod
+    def _split_chats(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [chat.strip() for chat in value.split(",") if chat.strip()]
+        if isinstance(value, int):
+            return [value]
+        return value
+
+    @field_validator("telegram_webhook_secret")
+    @classmethod
+    def _telegram_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not SECRET_TOKEN.fullmatch(value.get_secret_value()):
+            raise ValueError("1 to 256 characters of A-Z, a-z, 0-9, _ and -")
+        return value
+
+    @field_validator("telegram_approvers")
+    @classmethod
+    def _approver_names(cls, value: dict[int, str]) -> dict[int, str]:
+        for user, name in value.items():
+            if not 0 < len(name) <= LIMITS.max_name_chars:
+                raise ValueError(f"{user}: an approver is 1 to {LIMITS.max_name_chars} characters")
+        return value
 
     # --- agent tasks ----------------------------------------------------------------------
     agent_command: str = Field(
@@ -164,6 +233,20 @@ class Settings(BaseSettings):
         """A short, stable hash of the database URL with any password masked."""
         masked = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", self.db_url)
         return hashlib.sha256(masked.encode()).hexdigest()[:12]
+
+    @property
+    def api_url(self) -> str:
+        return (self.public_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
+    @property
+    def ui_url(self) -> str:
+        return (self.temporal_ui_url or f"http://127.0.0.1:{self.ui_port}").rstrip("/")
+
+    @property
+    def telegram_on(self) -> bool:
+        return self.telegram_bot_token is not None and bool(
+            self.telegram_bot_token.get_secret_value()
+        )
 
     @property
     def kill_switches(self) -> dict[str, bool]:

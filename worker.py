@@ -19,6 +19,7 @@ from temporalio.worker import Worker
 
 from activities.agents import Agents
 from activities.github import GitHub
+from activities.notify import Notify, notifying
 from activities.records import Records
 from activities.steps import Steps
 from activities.webhooks import Webhooks
@@ -38,7 +39,8 @@ WORKFLOWS: Sequence[type] = (JobWorkflow, ApprovalWorkflow, RunWorkflow, TaskWor
 
 
 def activities(db: Database, settings: Settings) -> list[Callable[..., Any]]:
-    records = Records(db)
+    records = Records(db, notifying(settings))
+    notify = Notify(db, settings)
     steps = Steps(db, settings.artifacts_dir)
     workspaces = Workspaces(db, settings)
     github = GitHub(db, settings)
@@ -49,6 +51,9 @@ def activities(db: Database, settings: Settings) -> list[Callable[..., Any]]:
         records.decisions,
         records.decision,
         records.issue,
+        notify.gate_opened,
+        notify.gate_reminder,
+        notify.gate_closed,
         steps.run,
         workspaces.prepare,
         workspaces.clone,

@@ -91,6 +91,13 @@ class GateOpened(CarriesDecisions):
     why: str | None = Field(None, description="What opened the gate, beyond its configuration")
 
 
+class Notifying(BaseModel):
+    """`records.gate_opened`'s answer when gate messages go to Telegram: the workflow then
+    starts the notify activities, each within this bound (see `activities/notify.py`)."""
+
+    within_seconds: float
+
+
 class IssueFact(CarriesDecisions):
     run_id: str
     phase_id: str
@@ -186,9 +193,7 @@ async def write_transition(session: AsyncSession, t: Transition) -> None:
     await resources.add_parts(session, t.resource_kind, t.resource_id, t.adds)
     await resources.set_parts(session, t.resource_kind, t.resource_id, t.parts)
     if t.final:
-        # A gate closes as `canceled` or `failed`, whatever its family calls the end.
-        closed = "canceled" if "cancel" in (t.state or "").lower() else "failed"
-        await close_gates(session, t.resource_id, closed, t.error or t.message)
+        await close_gates(session, t.resource_id, gate_end(t.state), t.error or t.message)
     await events.append(
         session,
         t.resource_kind,
@@ -202,6 +207,12 @@ async def write_transition(session: AsyncSession, t: Transition) -> None:
     )
 
 
+def gate_end(resource_state: str | None) -> str:
+    """How a gate still open closes when its resource ends, whatever its family calls the
+    end: `canceled` or `failed`."""
+    return "canceled" if "cancel" in (resource_state or "").lower() else "failed"
+
+
 async def close_gates(session: AsyncSession, resource_id: str, state: str, reason: str) -> None:
     """Gates still open when their resource ends are closed with the resource's end state
     (`canceled`, `failed`), so no inbox offers a decision nothing waits for."""
@@ -213,10 +224,12 @@ async def close_gates(session: AsyncSession, resource_id: str, state: str, reaso
 
 
 class Records:
-    """Activities bound to the worker's database."""
+    """Activities bound to the worker's database. With `notifying`, opening a gate answers
+    it, so the workflow sends the gate's Telegram messages; without, nothing changes."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, notifying: Notifying | None = None) -> None:
         self.db = db
+        self.notifying = notifying
 
     @activity.defn(name="records.transition")
     async def transition(self, t: Transition) -> None:
@@ -225,12 +238,12 @@ class Records:
             await session.commit()
 
     @activity.defn(name="records.gate_opened")
-    async def gate_opened(self, g: GateOpened) -> None:
+    async def gate_opened(self, g: GateOpened) -> Notifying | None:
         async with self.db.session() as session:
             await write_carried(session, g)
             if await session.get(GateRow, g.gate_id) is not None:
                 await session.commit()
-                return
+                return self.notifying
             session.add(
                 GateRow(
                     id=g.gate_id,
@@ -266,6 +279,7 @@ class Records:
                 },
             )
             await session.commit()
+        return self.notifying
 
     @activity.defn(name="records.gate_reminder")
     async def gate_reminder(self, r: GateReminder) -> None:

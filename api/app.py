@@ -25,16 +25,19 @@ from api.routers import (
     run_reads,
     runs,
     tasks,
+    telegram_webhook,
     tokens,
     workspaces,
 )
 from api.streams import EventHub, agent_stream_json
+from api.telegram_updates import TelegramUpdates
 from api.temporal import TemporalLink
 from operator_file import load
 from settings import VERSION, Settings
 from store.engine import Database
 from store.models import Job, Run, Task
 from store.tokens import Scope
+from telegram_bot import BotLink
 from workflows.runs import RUN_ENDS
 from workflows.task_spec import TAKES_INSTRUCTIONS, TASK_ENDS, TASK_SETTLED
 
@@ -62,9 +65,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.temporal = TemporalLink(settings)
         await app.state.hub.start()
         await app.state.temporal.start()
+        link = BotLink(settings) if settings.telegram_on else None
+        if link is not None:
+            await link.start()
+            app.state.telegram = TelegramUpdates(
+                settings, app.state.db, lambda: app.state.temporal.client, link
+            )
         try:
             yield
         finally:
+            if link is not None:
+                await link.stop()
             await app.state.temporal.stop()
             await app.state.hub.stop()
             await app.state.db.dispose()
@@ -136,6 +147,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         config.router,
         keys.router,
         mcp.router,
+        # Only with a bot token: without, Telegram is off and nothing else changes.
+        *([telegram_webhook.router] if settings.telegram_on else []),
     ):
         app.include_router(router)
     app.mount(docs.ASSETS, docs.assets(), name="docs-assets")

@@ -272,6 +272,7 @@ def spawn(
         PILOTHOUSE_API_PORT=str(settings.api_port),
         PILOTHOUSE_TASK_QUEUE=settings.task_queue,
         PILOTHOUSE_LOG_LEVEL="warning",
+        **(extra or {}),
     )
     env.update(extra or {})
     return subprocess.Popen(
@@ -289,7 +290,8 @@ async def processes(
     tuple[WorkflowEnvironment, Settings, str, subprocess.Popen[bytes], subprocess.Popen[bytes]]
 ]:
     """A dev server, and the API and the worker as their own processes, on a fresh data
-    directory: (the server, the settings, an admin token, the API, the worker)."""
+    directory: (the server, the settings, an admin token, the API, the worker). Both get
+    `extra_env` (more PILOTHOUSE_* settings)."""
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(),
         search_attributes=attributes.ALL,

@@ -358,6 +358,51 @@ class ModelOverride(SQLModel, table=True):
     updated_at: datetime = _when(default_factory=utcnow)
 
 
+class TelegramMessage(SQLModel, table=True):
+    """A gate's message in one Telegram chat, whose buttons decide the gate.
+
+    `callback` is the opaque id in the buttons' `callback_data` (Telegram allows 64 bytes, a
+    gate id can be longer); a gate's messages in every chat share it."""
+
+    __tablename__ = "telegram_messages"
+    __table_args__ = (
+        sa.UniqueConstraint("gate_id", "chat_id"),
+        sa.Index("ix_telegram_messages_callback", "callback"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    callback: str = Field(max_length=32)
+    gate_id: str = Field(max_length=200)
+    resource_kind: str = Field(max_length=20)
+    resource_id: str = Field(max_length=100)
+    chat_id: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    message_id: int | None = Field(
+        default=None, sa_column=sa.Column(sa.BigInteger, nullable=True), description="Once sent"
+    )
+    text: str = Field(default="", sa_column=sa.Column(sa.Text, nullable=False))
+    state: str = Field(
+        default="sending", max_length=20, description="sending, open, closed or failed"
+    )
+    created_at: datetime = _when(default_factory=utcnow)
+    updated_at: datetime = _when(default_factory=utcnow)
+
+
+class TelegramPrompt(SQLModel, table=True):
+    """A ForceReply asking for the reason of a rejection: the reply to it rejects the gate."""
+
+    __tablename__ = "telegram_prompts"
+    __table_args__ = (sa.UniqueConstraint("chat_id", "message_id"),)
+
+    id: str = Field(primary_key=True, max_length=100, description="The Reject press's query id")
+    gate_id: str = Field(max_length=200)
+    chat_id: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    message_id: int | None = Field(
+        default=None, sa_column=sa.Column(sa.BigInteger, nullable=True), description="Once sent"
+    )
+    user_id: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    created_at: datetime = _when(default_factory=utcnow)
+
+
 class Task(SQLModel, table=True):
     """A coding-agent task: a repository, a prompt, and the iterations an agent ran on it."""
 

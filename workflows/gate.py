@@ -8,21 +8,26 @@ anything else (see `activities/records.py`).
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.notify import GateClosedNotice, GateNotice, GateReminderNotice
     from activities.records import (
         CarriesDecisions,
         DecisionRecord,
         GateOpened,
         GateReminder,
+        Notifying,
         Transition,
+        gate_end,
     )
     from settings import LIMITS
     from strict import Id, JsonObject, JsonSchema, Name, Strict, Text
@@ -37,6 +42,11 @@ Via = Literal["api", "telegram", "timer", "auto"]
 Outcome = Literal["approve", "reject"]
 # Workflows that took a decision before decisions were carried record each on its own.
 CARRIED_DECISIONS = "decisions-carried-by-the-next-activity"
+# Gates send Telegram messages when the worker has Telegram on (`records.gate_opened` says).
+TELEGRAM_NOTICES = "telegram-notices"
+# The notify activities never raise; their retries are for a worker lost on the way.
+NOTIFY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
+NOTIFY_MARGIN = timedelta(seconds=30)
 
 
 class GateConfig(Strict):
@@ -124,6 +134,7 @@ class GateState:
         self.deciders: set[str] = set()
         self.result: GateResult | None = None
         self.recording = 0
+        self.recorded = False
 
     @property
     def state(self) -> Literal["open", "approved", "rejected", "failed"]:
@@ -147,6 +158,15 @@ class GateState:
         )
 
 
+@dataclass
+class Messages:
+    """A gate's Telegram messages, inside the workflow: what follows waits for the send."""
+
+    within: timedelta
+    sent: asyncio.Task[None] | None = None
+    closed: bool = False
+
+
 def refuse(code: str, message: str) -> ApplicationError:
     return ApplicationError(message, type=code, non_retryable=True)
 
@@ -163,6 +183,8 @@ class Gated:
         self._closed: dict[str, GateState] = {}
         self._unrecorded: list[DecisionRecord] = []
         self._deferred: list[Transition] = []
+        self._messages: dict[str, Messages] = {}
+        self._notices: list[asyncio.Task[None]] = []
 
     # --- activities that write ---------------------------------------------------------
 
@@ -185,12 +207,74 @@ class Gated:
         one of its own: a step's start, a gate's opening or the end carries it, first."""
         self._deferred.append(fact)
 
-    async def record(self, activity: str, fact: CarriesDecisions) -> None:
+    async def record(self, activity: str, fact: CarriesDecisions) -> Any:
         """Write a fact through a `records.*` activity: the one way workflows record, with
-        one timeout and one retry policy."""
-        await self.carrying(
+        one timeout and one retry policy. A resource's end (a final transition) also ends
+        its gates' Telegram messages, and waits for them, so none is left with buttons."""
+        result = await self.carrying(
             activity, fact, start_to_close_timeout=RECORD_TIMEOUT, retry_policy=RECORD_RETRY
         )
+        if isinstance(fact, Transition) and fact.final:
+            await self.notices_done(fact)
+        return result
+
+    # --- Telegram messages ---------------------------------------------------------------
+
+    def _notice(self, gate_id: str, activity: str, notice: Any) -> asyncio.Task[None]:
+        """Start a notify activity beside the workflow's own work, never waited on to go on:
+        Telegram neither slows a gate down nor fails it. It runs after the gate's messages
+        are sent, as the edit needs their ids."""
+        messages = self._messages[gate_id]
+        sent = messages.sent
+
+        async def run() -> None:
+            if sent is not None:
+                await sent
+            try:
+                await workflow.execute_activity(
+                    activity,
+                    notice,
+                    start_to_close_timeout=messages.within + NOTIFY_MARGIN,
+                    retry_policy=NOTIFY_RETRY,
+                )
+            except ActivityError as err:
+                workflow.logger.warning("%s for gate %s did not finish: %s", activity, gate_id, err)
+
+        task = asyncio.create_task(run())
+        self._notices.append(task)
+        return task
+
+    def _notice_closed(self, gate: GateState, notice: GateClosedNotice) -> None:
+        messages = self._messages.get(gate.id)
+        if messages is not None and not messages.closed:
+            messages.closed = True
+            self._notice(gate.id, "notify.gate_closed", notice)
+
+    async def notices_done(self, end: Transition | None = None) -> None:
+        """Wait for the Telegram messages in flight; with the resource's `end`, first close
+        the messages of gates it leaves open (canceled or failed with it)."""
+        if end is not None:
+            for gate in self._open.values():
+                self._notice_closed(
+                    gate,
+                    GateClosedNotice(
+                        gate_id=gate.id,
+                        resource_kind=end.resource_kind,
+                        resource_id=end.resource_id,
+                        state=gate_end(end.state),
+                        reason=end.error or end.message,
+                        decided_at=workflow.now(),
+                    ),
+                )
+        pending = [task for task in self._notices if not task.done()]
+        self._notices = pending
+        if pending:
+            await asyncio.gather(*pending)
+
+    def gate_recorded(self, gate_id: str) -> bool:
+        """Whether a gate's row exists: the API can then decide it by its id."""
+        gate = self._open.get(gate_id) or self._closed.get(gate_id)
+        return gate is not None and gate.recorded
 
     # --- the Update --------------------------------------------------------------------
 
@@ -298,7 +382,7 @@ class Gated:
         workflow.set_current_details(
             f"**Stage** {stage}\n\n**Gate** {gate.id}: waiting for a decision"
         )
-        await self.record(
+        notifying = await self.record(
             "records.gate_opened",
             GateOpened(
                 gate_id=gate.id,
@@ -313,7 +397,28 @@ class Gated:
                 why=why,
             ),
         )
-        if config.auto_approve and auto_approve_allowed:
+        gate.recorded = True
+        auto = config.auto_approve and auto_approve_allowed
+        # Histories from before Telegram have no answer here (None), so start nothing.
+        if notifying and not auto and workflow.patched(TELEGRAM_NOTICES):
+            within = timedelta(seconds=Notifying.model_validate(notifying).within_seconds)
+            self._messages[gate.id] = Messages(within)
+            self._messages[gate.id].sent = self._notice(
+                gate.id,
+                "notify.gate_opened",
+                GateNotice(
+                    gate_id=gate.id,
+                    resource_kind=self.kind,
+                    resource_id=info.workflow_id,
+                    stage=stage,
+                    why=why,
+                    approvals_needed=config.required_approvals,
+                    approvers=list(config.approvers),
+                    deadline=deadline,
+                    on_timeout=config.on_timeout,
+                ),
+            )
+        if auto:
             await self._decide_alone(gate, DecisionIn(outcome="approve", by="auto", via="auto"))
         reminders = 0
         while gate.result is None:
@@ -345,13 +450,39 @@ class Gated:
                             approvals=list(gate.approvals),
                         ),
                     )
+                    if gate.id in self._messages:
+                        self._notice(
+                            gate.id,
+                            "notify.gate_reminder",
+                            GateReminderNotice(
+                                gate_id=gate.id,
+                                resource_kind=self.kind,
+                                resource_id=info.workflow_id,
+                                stage=stage,
+                                approvals=list(gate.approvals),
+                                approvals_needed=config.required_approvals,
+                            ),
+                        )
         # Before decisions were carried, each record had to land before the workflow went on.
         await workflow.wait_condition(lambda: gate.recording == 0)
+        assert gate.result is not None
+        self._notice_closed(
+            gate,
+            GateClosedNotice(
+                gate_id=gate.id,
+                resource_kind=self.kind,
+                resource_id=info.workflow_id,
+                state=gate.result.state,
+                by=gate.result.by,
+                via=gate.result.via,
+                reason=gate.result.reason,
+                decided_at=workflow.now(),
+            ),
+        )
         del self._open[gate.id]
         self._closed[gate.id] = gate
         still = next(iter(self._open), "")
         workflow.upsert_search_attributes([attributes.GATE.value_set(still)])
-        assert gate.result is not None
         return gate.result
 
     async def _time_out(self, gate: GateState) -> None:

@@ -220,6 +220,7 @@ class JobWorkflow(Gated):
         """Go on in a new run before the history reaches Temporal's limit, with the job's
         place and params; decisions not yet recorded are recorded first."""
         await workflow.wait_condition(workflow.all_handlers_finished)
+        await self.notices_done()
         if self._unrecorded or self._deferred:
             await self.record("records.decisions", CarriesDecisions())
         workflow.continue_as_new(job.model_copy(update={"params": self.params, "place": place}))

@@ -18,7 +18,7 @@ from api.errors import ApiError, ErrorBody, not_found
 from api.route import strict_router
 from api.starts import create_and_start
 from settings import LIMITS
-from store.models import ApprovalRequest, GateRow, utcnow
+from store.models import ApprovalRequest, GateRow, TelegramMessage, utcnow
 from store.tokens import Principal, Scope
 from strict import JsonObject, Name, Strict
 from workflows.approvals import ApprovalInput, ApprovalWorkflow
@@ -92,7 +92,7 @@ class PendingApproval(BaseModel):
     timeout_at: datetime | None
     decision_info: dict[str, Any]
     deletion_info: dict[str, Any]
-    telegram_sent: bool = False
+    telegram_sent: bool = Field(False, description="Its gate's message went out to Telegram")
 
 
 class PendingApprovals(BaseModel):
@@ -235,6 +235,14 @@ async def _pending(session: SessionDep, governance: bool) -> list[ApprovalReques
 @router.get("/approval/pending", summary="Approval requests waiting for a decision")
 async def approval_pending(_: Reader, session: SessionDep) -> PendingApprovals:
     rows = await _pending(session, governance=False)
+    sent = set(
+        await session.exec(
+            select(TelegramMessage.resource_id).where(
+                col(TelegramMessage.resource_id).in_([r.id for r in rows]),
+                col(TelegramMessage.message_id).is_not(None),
+            )
+        )
+    )
     requests = [
         PendingApproval(
             id=r.id,
@@ -245,6 +253,7 @@ async def approval_pending(_: Reader, session: SessionDep) -> PendingApprovals:
             timeout_at=r.timeout_at,
             decision_info=r.decision_info,
             deletion_info=r.deletion_info,
+            telegram_sent=r.id in sent,
         )
         for r in rows
     ]
