@@ -48,10 +48,15 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 def settings(
-    settings: Settings, github: FakeGitHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    settings: Settings,
+    github: FakeGitHub,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> Settings:
     # The fake agent keeps its transcripts under $HOME, as the real one does.
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    marker = request.node.get_closest_marker("settings")
     return settings.model_copy(
         update={
             "agent_command": AGENT,
@@ -60,6 +65,7 @@ def settings(
             "webhook_timeout_seconds": 1.0,
             "webhook_backoff_seconds": [0.2, 0.2],
             "agent_kill_grace_seconds": 1.0,
+            **(marker.kwargs if marker else {}),
         }
     )
 
@@ -392,3 +398,20 @@ async def test_workspaces_are_listed_and_deleted_only_when_idle(
     late = await admin.post(f"/api/v1/tasks/{task_id}/instruct", json={"prompt": "more"})
     assert late.status_code == 409
     assert (await admin.delete(f"/api/v1/workspaces/{task_id}")).status_code == 404
+
+
+@pytest.mark.settings(task_idle_ttl_seconds=1.0)
+async def test_an_idle_task_finishes_and_lets_its_workspace_go(
+    api: Api, admin: httpx.AsyncClient, worker: object, origin: Path
+) -> None:
+    task_id = await create(admin, origin, "quick")
+    task = await wait_task(admin, task_id, "completed")
+    deadline = time.monotonic() + 30
+    while (await admin.get(f"/api/v1/tasks/{task_id}")).json()["finished_at"] is None:
+        assert time.monotonic() < deadline, "the idle task never finished"
+        await asyncio.sleep(0.1)
+    assert not Path(task["workspace"]).exists()
+    [released] = [e for e in await event_rows(api, task_id) if e.type == "system.released"]
+    assert released.payload["by"] == "idle_ttl" and released.final
+    late = await admin.post(f"/api/v1/tasks/{task_id}/instruct", json={"prompt": "more"})
+    assert late.status_code == 409
