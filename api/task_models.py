@@ -33,9 +33,9 @@ class IterationPublic(BaseModel):
     error: str | None
     agent_session_id: str | None
     usage: dict[str, Any]
-    changes_summary: ChangesSummary
+    changes: ChangesSummary
     started_at: datetime | None
-    finished_at: datetime | None
+    ended_at: datetime | None
 
 
 class TaskPublic(BaseModel):
@@ -47,11 +47,11 @@ class TaskPublic(BaseModel):
     prompt: str
     callback_url: str | None
     config: dict[str, Any]
-    key: str | None = Field(description="The registered key it uses, if any")
+    provider_key: str | None = Field(description="The registered key it uses, if any")
     has_access_token: bool = Field(description="Whether it was given a token (never shown)")
     workspace: str | None
     agent_session_id: str | None
-    iteration_count: int
+    iteration: int = Field(description="The latest iteration's number; the first is 1")
     result: str | None
     error: str | None
     changes_summary: ChangesSummary
@@ -62,7 +62,7 @@ class TaskPublic(BaseModel):
     owner: str
     created_at: datetime
     started_at: datetime | None
-    completed_at: datetime | None
+    finished_at: datetime | None = Field(description="When the task ended, if it has")
     updated_at: datetime
     iterations: list[IterationPublic] | None = Field(None, description="With `?include=iterations`")
 
@@ -77,11 +77,11 @@ def task_public(task: Task, iterations: list[TaskIteration] | None = None) -> Ta
         prompt=task.prompt,
         callback_url=task.callback_url,
         config=task.config,
-        key=task.key_name,
+        provider_key=task.key_name,
         has_access_token=task.credential is not None,
         workspace=task.workspace,
         agent_session_id=task.agent_session_id,
-        iteration_count=task.iterations,
+        iteration=task.iterations,
         result=task.result,
         error=task.error,
         changes_summary=ChangesSummary(**task.changes),
@@ -92,7 +92,7 @@ def task_public(task: Task, iterations: list[TaskIteration] | None = None) -> Ta
         owner=task.owner,
         created_at=task.created_at,
         started_at=task.started_at,
-        completed_at=task.completed_at,
+        finished_at=task.completed_at,
         updated_at=task.updated_at,
         iterations=None
         if iterations is None
@@ -105,9 +105,9 @@ def task_public(task: Task, iterations: list[TaskIteration] | None = None) -> Ta
                 error=i.error,
                 agent_session_id=i.agent_session_id,
                 usage=i.usage,
-                changes_summary=ChangesSummary(**i.changes),
+                changes=ChangesSummary(**i.changes),
                 started_at=i.started_at,
-                finished_at=i.finished_at,
+                ended_at=i.finished_at,
             )
             for i in iterations
         ],
@@ -144,5 +144,6 @@ class PrAwaitingApproval(BaseModel):
 
 
 class CancelAnswer(BaseModel):
+    id: str
+    status: str = Field(description="`canceling` while the agent stops, or how it ended")
     message: str
-    state: str

@@ -48,10 +48,15 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 def settings(
-    settings: Settings, github: FakeGitHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    settings: Settings,
+    github: FakeGitHub,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> Settings:
     # The fake agent keeps its transcripts under $HOME, as the real one does.
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    marker = request.node.get_closest_marker("settings")
     return settings.model_copy(
         update={
             "agent_command": AGENT,
@@ -60,6 +65,7 @@ def settings(
             "webhook_timeout_seconds": 1.0,
             "webhook_backoff_seconds": [0.2, 0.2],
             "agent_kill_grace_seconds": 1.0,
+            **(marker.kwargs if marker else {}),
         }
     )
 
@@ -143,7 +149,7 @@ async def test_a_task_streams_takes_an_instruction_and_opens_a_pull_request(
     assert init["data"]["model"] == "claude-test"
 
     task = await wait_task(admin, task_id, "completed")
-    assert task["branch"] == f"pilothouse/{task_id}" and task["iteration_count"] == 1
+    assert task["branch"] == f"pilothouse/{task_id}" and task["iteration"] == 1
     assert task["changes_summary"]["files_changed"] == 1
     assert task["usage"]["input_tokens"] > 0 and task["agent_session_id"]
     workspace = Path(task["workspace"])
@@ -153,7 +159,7 @@ async def test_a_task_streams_takes_an_instruction_and_opens_a_pull_request(
     # A follow-up resumes the agent's session in the same workspace.
     last_id = max(f.id for f in data if f.id is not None)
     answer = await admin.post(f"/api/v1/tasks/{task_id}/instruct", json={"prompt": "Add tests"})
-    assert answer.status_code == 202, answer.text
+    assert answer.status_code == 200, answer.text
     assert answer.json() == {"id": task_id, "status": "running", "iteration": 2}
     refused = await admin.post(f"/api/v1/tasks/{task_id}/instruct", json={"prompt": "more"})
     assert refused.status_code == 409 and refused.json()["error_code"] == "TASK_NOT_AWAITING"
@@ -166,7 +172,8 @@ async def test_a_task_streams_takes_an_instruction_and_opens_a_pull_request(
     one, two = full["iterations"]
     assert (one["number"], two["number"]) == (1, 2)
     assert one["status"] == two["status"] == "completed"
-    assert two["prompt"] == "Add tests" and two["started_at"] and two["finished_at"]
+    assert two["prompt"] == "Add tests" and two["started_at"] and two["ended_at"]
+    assert one["changes"] == {"files_changed": 1, "insertions": 1, "deletions": 0}
     assert full["workspace"] == str(workspace)
     started = [e for e in await event_rows(api, task_id) if e.type == "stage_started"]
     assert "--resume" in started[-1].payload["argv"]
@@ -192,12 +199,30 @@ async def test_a_task_streams_takes_an_instruction_and_opens_a_pull_request(
     }
     assert post.authorization == f"Bearer {TOKEN}"
     task = await wait_task(admin, task_id, "pr_created")
-    assert task["pr_url"] == pr["pr_url"] and task["completed_at"]
+    assert task["pr_url"] == pr["pr_url"] and task["finished_at"] is None
+    again = await admin.post(f"/api/v1/tasks/{task_id}/create-pr", json={"title": "again"})
+    assert again.status_code == 409 and again.json()["error_code"] == "TASK_NOT_READY"
+
+    # A review asks for more: the task takes an instruction, and the same pull request
+    # gets the new commit.
+    answer = await admin.post(f"/api/v1/tasks/{task_id}/instruct", json={"prompt": "[edit x.py]"})
+    assert answer.status_code == 200, answer.text
+    await wait_task(admin, task_id, "completed")
+    answer = await admin.post(f"/api/v1/tasks/{task_id}/create-pr", json={"title": "more"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["pr_number"] == pr["pr_number"]
+    assert "x.py" in run_git(origin, "show", "--name-only", "--format=", pr["branch"])
 
     # Webhooks: one per completed iteration and one for the pull request, all signed.
-    hooks = await receiver.wait_for(3)
+    hooks = await receiver.wait_for(5)
     events = [h.headers["X-Pilothouse-Event"] for h in hooks]
-    assert events == ["task.completed", "task.completed", "task.pr_created"]
+    assert events == [
+        "task.completed",
+        "task.completed",
+        "task.pr_created",
+        "task.completed",
+        "task.pr_created",
+    ]
     assert all(h.signature_valid for h in hooks)
     body = json.loads(hooks[0].body)
     assert set(body) == {
@@ -254,7 +279,7 @@ async def test_a_pr_gate_holds_the_push_until_a_human_approves(
     assert branch_of(origin, f"pilothouse/{task_id}") is None and not github.seen
 
     answer = await admin.post(f"/api/v1/tasks/{task_id}/instruct", json={"prompt": "[edit t.py]"})
-    assert answer.status_code == 202, answer.text
+    assert answer.status_code == 200, answer.text
     await wait_task(admin, task_id, "completed")
     answer = await admin.post(f"/api/v1/tasks/{task_id}/create-pr", json={"title": "Second"})
     assert answer.status_code == 202
@@ -279,7 +304,7 @@ async def test_cancel_kills_the_agent_mid_iteration(
     answer = await admin.post(f"/api/v1/tasks/{task_id}/cancel")
     assert answer.status_code == 200, answer.text
     task = await wait_task(admin, task_id, "canceled")
-    assert task["completed_at"]
+    assert task["finished_at"]
     assert not alive(pid), "the agent's process is gone"
     late = await admin.post(f"/api/v1/tasks/{task_id}/instruct", json={"prompt": "more"})
     assert late.status_code == 409
@@ -310,7 +335,7 @@ async def test_a_hanging_webhook_receiver_holds_nothing(
     task_id = await create(admin, origin, "quick one", callback_url=receiver.url)
     await wait_task(admin, task_id, "completed")
     answer = await admin.post(f"/api/v1/tasks/{task_id}/instruct", json={"prompt": "again"})
-    assert answer.status_code == 202
+    assert answer.status_code == 200
     await wait_task(admin, task_id, "completed")
     deadline = time.monotonic() + 30
     while True:
@@ -337,9 +362,11 @@ async def test_instructions_and_pull_requests_are_refused_where_they_cannot_run(
         "/api/v1/tasks", json={"prompt": "x", "config": {"max_turn": 3}, "repo_url": "/tmp/x"}
     )
     assert typo.status_code == 422 and "max_turns" in typo.json()["detail"]
-    both = await admin.post("/api/v1/tasks", json={"prompt": "x", "access_token": "a", "key": "k"})
+    both = await admin.post(
+        "/api/v1/tasks", json={"prompt": "x", "access_token": "a", "provider_key": "k"}
+    )
     assert both.status_code == 422
-    unknown_key = await admin.post("/api/v1/tasks", json={"prompt": "x", "key": "nokey"})
+    unknown_key = await admin.post("/api/v1/tasks", json={"prompt": "x", "provider_key": "nokey"})
     assert unknown_key.status_code == 422 and unknown_key.json()["error_code"] == "UNKNOWN_KEY"
     bad_url = await admin.post("/api/v1/tasks", json={"prompt": "x", "callback_url": "ftp://x"})
     assert bad_url.status_code == 422
@@ -371,3 +398,20 @@ async def test_workspaces_are_listed_and_deleted_only_when_idle(
     late = await admin.post(f"/api/v1/tasks/{task_id}/instruct", json={"prompt": "more"})
     assert late.status_code == 409
     assert (await admin.delete(f"/api/v1/workspaces/{task_id}")).status_code == 404
+
+
+@pytest.mark.settings(task_idle_ttl_seconds=1.0)
+async def test_an_idle_task_finishes_and_lets_its_workspace_go(
+    api: Api, admin: httpx.AsyncClient, worker: object, origin: Path
+) -> None:
+    task_id = await create(admin, origin, "quick")
+    task = await wait_task(admin, task_id, "completed")
+    deadline = time.monotonic() + 30
+    while (await admin.get(f"/api/v1/tasks/{task_id}")).json()["finished_at"] is None:
+        assert time.monotonic() < deadline, "the idle task never finished"
+        await asyncio.sleep(0.1)
+    assert not Path(task["workspace"]).exists()
+    [released] = [e for e in await event_rows(api, task_id) if e.type == "system.released"]
+    assert released.payload["by"] == "idle_ttl" and released.final
+    late = await admin.post(f"/api/v1/tasks/{task_id}/instruct", json={"prompt": "more"})
+    assert late.status_code == 409

@@ -38,10 +38,12 @@ TaskState = Literal[
     "failed",
     "canceled",
 ]
-TASK_ENDS = frozenset({"pr_created", "failed", "canceled"})
-TAKES_INSTRUCTIONS = frozenset({"completed", "awaiting_instruction"})
+TASK_ENDS = frozenset({"failed", "canceled"})
+TAKES_INSTRUCTIONS = frozenset({"completed", "awaiting_instruction", "pr_created"})
 # Events after which a task waits for its user: its stream says `done` there.
-TASK_SETTLED = frozenset({"result.completed", "system.pr_rejected", "system.pr_failed"})
+TASK_SETTLED = frozenset(
+    {"result.completed", "git.pr_created", "system.pr_rejected", "system.pr_failed"}
+)
 PermissionMode = Literal["default", "acceptEdits", "plan", "bypassPermissions"]
 
 
@@ -76,7 +78,7 @@ class TaskCreate(Strict):
     access_token: SecretStr | None = Field(
         None, description="A token for the repository; kept encrypted, never shown again"
     )
-    key: Name | None = Field(None, description="Or the name of a registered key")
+    provider_key: Name | None = Field(None, description="Or the name of a registered key")
     prompt: str = Field(min_length=1, max_length=LIMITS.max_prompt_chars)
     callback_url: str | None = Field(
         None, max_length=LIMITS.max_url_chars, pattern=WEB_URL, description="Webhook target"
@@ -86,9 +88,9 @@ class TaskCreate(Strict):
     @model_validator(mode="after")
     def _one_credential(self) -> TaskCreate:
         if self.repo_url and re.match(r"^[a-z+]+://[^/@]*:[^/@]*@", self.repo_url):
-            raise ValueError("repo_url: no password in the URL; give access_token or key")
-        if self.access_token is not None and self.key is not None:
-            raise ValueError("give access_token or key, not both")
+            raise ValueError("repo_url: no password in the URL; give access_token or provider_key")
+        if self.access_token is not None and self.provider_key is not None:
+            raise ValueError("give access_token or provider_key, not both")
         token = self.access_token.get_secret_value() if self.access_token else ""
         if len(token) > 4096 or any(c.isspace() or c == "\x00" for c in token):
             raise ValueError("access_token: at most 4096 characters, no spaces")

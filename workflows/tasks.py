@@ -2,8 +2,9 @@
 
 pending → cloning → running → completed ⇄ (instruct) running …; `create-pr` goes
 creating_pr → pr_created, through a human gate when the task has one (a rejection leaves it
-awaiting_instruction); failed and canceled end it. A task idle for its TTL, or whose
-workspace is deleted, finishes and lets its workspace go.
+awaiting_instruction). A task with a pull request still takes instructions, and a later
+`create-pr` pushes the same branch again. failed and canceled end it; a task idle for its
+TTL, or whose workspace is deleted, finishes and lets its workspace go.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ with workflow.unsafe.imports_passed_through():
 
 WORKER_LOSSES = 2
 PR_STAGE = "pull-request"
+# A pull request comes from work done since the last one: not straight from `pr_created`.
+PR_FROM = frozenset({"completed", "awaiting_instruction"})
 GIT_TIMEOUT = timedelta(minutes=30)
 GIT_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1))
 
@@ -67,7 +70,7 @@ class TaskWorkflow(IterationLoop):
         self.pr_openings = 0
         self._pr: PullRequestAsk | None = None
         self._pr_answer: PullRequestAnswer | None = None
-        self._pr_error: str | None = None
+        self._pr_error: tuple[str, str] | None = None
         self._release: str | None = None
         self._webhooks: list[asyncio.Task[Any]] = []
         self._ended = False
@@ -115,8 +118,8 @@ class TaskWorkflow(IterationLoop):
             elif self._release is not None:
                 await self._finish(self._release, "workspace deleted")
                 return
-            elif await self._pull_request(task):
-                return
+            else:
+                await self._pull_request(task)
 
     async def _open_workspace(self, task: TaskInput) -> None:
         self._set_state("cloning")
@@ -248,8 +251,9 @@ class TaskWorkflow(IterationLoop):
         }
         await self._fail(error, "IterationFailed", parts=parts, out=out)
 
-    async def _pull_request(self, task: TaskInput) -> bool:
-        """Publish and open the pull request; True when the task has ended with it."""
+    async def _pull_request(self, task: TaskInput) -> None:
+        """Publish and open the pull request. The task takes instructions after it, as a
+        review asks for changes: a later pull request pushes the same branch again."""
         ask = self._pr
         assert ask is not None
         self._set_state("creating_pr")
@@ -273,7 +277,7 @@ class TaskWorkflow(IterationLoop):
                     payload={"gate_id": result.gate_id, "by": result.by, "reason": reason},
                     error=f"pull request not approved: {reason}",
                 )
-                return False
+                return
         await self._transition("git.pushing", f"pushing {self.branch}")
         try:
             published: Published = await workflow.execute_activity(
@@ -291,7 +295,7 @@ class TaskWorkflow(IterationLoop):
             )
             if not published.pushed:
                 raise ApplicationError(
-                    "nothing to push: no change since the branch was made", type="NothingToPush"
+                    "nothing to push: no change since the branch was made", type="NO_CHANGES"
                 )
             pr: PullRequest = await workflow.execute_activity(
                 "github.open_pull_request",
@@ -311,25 +315,26 @@ class TaskWorkflow(IterationLoop):
             if is_cancelled_exception(err):
                 raise
             why = cause(err) if isinstance(err, ActivityError) else err.message
-            self._pr, self._pr_error = None, f"pull request failed: {why}"
+            code = err.type if isinstance(err, ApplicationError) else None
+            self._pr_error = (code or "PULL_REQUEST_FAILED", f"pull request failed: {why}")
+            self._pr = None
             self._set_state("awaiting_instruction")
             await self._transition(
-                "system.pr_failed", self._pr_error, error=self._pr_error, payload={}
+                "system.pr_failed", self._pr_error[1], error=self._pr_error[1], payload={}
             )
-            return False
+            return
         self._pr_answer = PullRequestAnswer(
             status="pr_created", branch=self.branch, pr_url=pr.pr_url, pr_number=pr.pr_number
         )
+        self._pr = None
         self._set_state("pr_created")
         await self._transition(
             "git.pr_created",
             f"pull request #{pr.pr_number} opened: {pr.pr_url}",
             payload={"pr_url": pr.pr_url, "pr_number": pr.pr_number, "commit": published.commit},
             changes={"pr_url": pr.pr_url, "pr_number": pr.pr_number},
-            final=True,
         )
         self._notify(task, "pr_created", f"pull request #{pr.pr_number}: {pr.pr_url}", None, None)
-        return True
 
     async def _finish(self, by: str, why: str) -> None:
         """An idle or released task lets its workspace go and ends where it stood."""
@@ -365,7 +370,8 @@ class TaskWorkflow(IterationLoop):
             )
         await workflow.wait_condition(lambda: self._pr_answer is not None or self._pr is None)
         if self._pr_answer is None:
-            raise refuse("PULL_REQUEST_FAILED", self._pr_error or "the pull request failed")
+            code, message = self._pr_error or ("PULL_REQUEST_FAILED", "the pull request failed")
+            raise refuse(code, message)
         return self._pr_answer
 
     @create_pr.validator
@@ -373,7 +379,8 @@ class TaskWorkflow(IterationLoop):
         self._check_pr()
 
     def _check_pr(self) -> None:
-        if self.state not in self.accepting or self._pr is not None or not self.task.repo_url:
+        ready = self.state in PR_FROM and self._pr is None
+        if not ready or not self.task.repo_url:
             what = "has no repository" if not self.task.repo_url else f"is {self.state}"
             raise refuse("TASK_NOT_READY", f"the task {what}; a pull request needs it completed")
 

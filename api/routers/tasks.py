@@ -87,8 +87,8 @@ async def create_task(
 ) -> TaskCreated:
     """Clones the repository into a workspace of the task's own, on a branch
     `pilothouse/task-…`, and runs the agent on the prompt. Follow it at `/stream`."""
-    if body.key is not None and await session.get(Key, body.key) is None:
-        raise ApiError(422, "UNKNOWN_KEY", f"key: no registered key {body.key!r}")
+    if body.provider_key is not None and await session.get(Key, body.provider_key) is None:
+        raise ApiError(422, "UNKNOWN_KEY", f"provider_key: no registered key {body.provider_key!r}")
     task_id = f"task-{uuid.uuid4()}"
     credential = (
         Secrets.of(settings).encrypt(body.access_token.get_secret_value())
@@ -117,7 +117,7 @@ async def create_task(
             callback_url=body.callback_url,
             config=body.config.model_dump(mode="json", exclude_none=True),
             credential=credential,
-            key_name=body.key,
+            key_name=body.provider_key,
             trace_id=secrets.token_hex(16),
             owner=principal.name,
         ),
@@ -188,7 +188,6 @@ async def get_task(
 
 @router.post(
     "/{task_id}/instruct",
-    status_code=status.HTTP_202_ACCEPTED,
     summary="Send a follow-up instruction",
     responses={**NOT_FOUND, **REFUSED},
 )
@@ -232,7 +231,9 @@ async def cancel(
         raise ApiError(409, "TASK_ALREADY_ENDED", f"task {task_id} has ended ({task.state})")
     state = await cancels.cancel(session, temporal, "task", task_id, principal.name)
     return CancelAnswer(
-        message="cancel requested" if state == "canceling" else f"task {state}", state=state
+        id=task_id,
+        status=state,
+        message="cancel requested" if state == "canceling" else f"task {state}",
     )
 
 
