@@ -31,7 +31,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.records import CarriesDecisions
 from activities.steps import NOT_STARTABLE, Executed, StepInput, Steps, Streaming, stage_slug
-from activities.workspaces import Diff
+from activities.work_trees import Diff
 from settings import Settings
 from store import events
 from store.engine import Database

@@ -28,9 +28,9 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import workspaces
+from activities import work_trees
 from activities.records import CarriesDecisions, write_carried
-from activities.workspaces import Diff
+from activities.work_trees import Diff
 from store import events, resources
 from store.engine import Database
 from store.models import Artifact
@@ -155,7 +155,7 @@ class Steps:
         if pgid_file.exists():
             await asyncio.to_thread(stop_orphan, pgid_file)
         await self._started(step, attempt, step.argv if shown_argv is None else shown_argv)
-        before = await workspaces.snapshot(Path(step.cwd)) if step.diff and step.cwd else None
+        before = await work_trees.snapshot(Path(step.cwd)) if step.diff and step.cwd else None
         started = time.monotonic()
         outcome = "failed"
         exit_code = NOT_STARTABLE
@@ -178,7 +178,7 @@ class Steps:
             )
         if before is not None and step.cwd:
             patch = relative.parent / "patches" / f"{slug}-{attempt}.patch"
-            result.diff = await workspaces.changes(
+            result.diff = await work_trees.changes(
                 Path(step.cwd), before, self.artifacts_dir, patch
             )
         return Executed(result=result, outcome=outcome, attempt=attempt)
