@@ -3,9 +3,10 @@
 The command is a template (Claude Code headless by default) whose placeholders each fill
 one argument. Its stream-json output becomes events of the resource as the lines arrive
 (`agent.system`, `agent.assistant`, `agent.user`, `agent.result`, and `agent.output` for a
-line that is not JSON); its `result` line becomes the usage, cost, turns and the latest
-session id a follow-up resumes. The executor gives it a process group, heartbeats, the
-timeout, a watchdog for silence, the kill on cancel and the raw log as an artifact.
+line that is not JSON: activities/agent_lines.py); its `result` line becomes the usage,
+cost, turns and the latest session id a follow-up resumes. The executor gives it a process
+group, heartbeats, the timeout, a watchdog for silence, the kill on cancel and the raw log
+as an artifact.
 
 How the agent did is the returned `outcome`: only a cancel, and a command template that
 cannot be rendered (`AgentCommandInvalid`, not retried), raise.
@@ -14,14 +15,10 @@ cannot be rendered (`AgentCommandInvalid`, not retried), raise.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import logging
-import math
 import os
 import re
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,22 +26,15 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.agent_lines import AgentStream, number
 from activities.records import CarriesDecisions
 from activities.steps import NOT_STARTABLE, Executed, StepInput, Steps, Streaming, stage_slug
-from activities.workspaces import Diff
+from activities.work_trees import Diff
 from settings import Settings
-from store import events
 from store.engine import Database
 
-log = logging.getLogger("pilothouse.agents")
-
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-LINE_TYPE = re.compile(r"[a-z][a-z0-9_]{0,39}")
-EVENT_BYTES = 16 * 1024
 RESULT_CHARS = 16 * 1024
-SUMMARY_CHARS = 200
-LIST_ITEMS = 50
-BATCH = 200
 
 
 class AgentRunIn(CarriesDecisions):
@@ -167,214 +157,59 @@ class Agents:
             )
         finally:
             await asyncio.to_thread(mcp.unlink, True)
-        return stream.outcome(done, a.timeout_seconds, idle)
+        return outcome_of(stream, done, a.timeout_seconds, idle)
 
 
-@dataclass
-class Pending:
-    type: str
-    status: str | None
-    message: str
-    payload: dict[str, Any]
-
-
-class AgentStream:
-    """The executor's line sink: each stdout line becomes an event, queued and written in
-    order by one writer, in batches, so reading the pipes never waits on the database."""
-
-    def __init__(self, db: Database, kind: str, resource_id: str, stage: str) -> None:
-        self.db, self.kind, self.resource_id, self.stage = db, kind, resource_id, stage
-        self.queue: asyncio.Queue[Pending] = asyncio.Queue()
-        self.writer: asyncio.Task[None] | None = None
-        self.session_id: str | None = None
-        self.result: dict[str, Any] | None = None
-        self.last_stderr: str | None = None
-
-    def line(self, data: bytes, stream: str) -> None:
-        text = data.decode(errors="replace").rstrip("\r")
-        if not text.strip():
-            return
-        if stream == "stderr":
-            self.last_stderr = text.strip()[:500]
-            return
-        self.queue.put_nowait(self.translate(text))
-        if self.writer is None:
-            self.writer = asyncio.create_task(self._write())
-
-    async def drain(self) -> None:
-        if self.writer is None:
-            return
-        await self.queue.join()
-        self.writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.writer
-
-    def translate(self, text: str) -> Pending:
-        try:
-            line = json.loads(text)
-        except ValueError:
-            line = None
-        kind = line.get("type") if isinstance(line, dict) else None
-        if not isinstance(line, dict) or not isinstance(kind, str) or not LINE_TYPE.fullmatch(kind):
-            return Pending("agent.output", None, clip(text), bounded({"line": text}))
-        if isinstance(line.get("session_id"), str) and line["session_id"]:
-            self.session_id = line["session_id"][:200]
-        if kind == "result":
-            self.result = line
-        subtype = line.get("subtype")
-        status = subtype[:50] if isinstance(subtype, str) else None
-        return Pending(f"agent.{kind}", status, summary(line), bounded(line))
-
-    async def _write(self) -> None:
-        while True:
-            batch = [await self.queue.get()]
-            while len(batch) < BATCH and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-            try:
-                async with self.db.session() as session:
-                    for e in batch:
-                        await events.append(
-                            session,
-                            self.kind,
-                            self.resource_id,
-                            e.type,
-                            stage=self.stage,
-                            status=e.status,
-                            message=e.message,
-                            payload=e.payload,
-                        )
-                    await session.commit()
-            except Exception:
-                # The run goes on without them: its raw log keeps every line.
-                log.warning("%s: %d agent events not written", self.resource_id, len(batch))
-            finally:
-                for _ in batch:
-                    self.queue.task_done()
-
-    def outcome(self, done: Executed, timeout: float, idle: float) -> AgentRunOut:
-        r = self.result or {}
-        step = done.result
-        subtype = r.get("subtype") if isinstance(r.get("subtype"), str) else None
-        is_error = bool(r.get("is_error"))
-        outcome: Literal["succeeded", "failed", "timed_out", "idle"] = "failed"
-        error: str | None
-        if done.outcome == "timed_out":
-            outcome, error = "timed_out", f"the agent ran past {timeout:g} s and was stopped"
-        elif done.outcome == "idle":
-            outcome, error = "idle", f"the agent printed nothing for {idle:g} s and was stopped"
-        elif step.exit_code != 0:
-            error = f"the agent exited with status {step.exit_code}"
-        elif not r:
-            error = "the agent ended without a result line"
-        elif is_error or subtype != "success":
-            error = f"the agent's result is an error ({subtype})"
-        else:
-            outcome, error = "succeeded", None
-        if error is not None:
-            if subtype and subtype not in error:
-                error += f" ({subtype})"
-            last = self.last_stderr
-            if last is None and step.exit_code == NOT_STARTABLE and step.tail:
-                last = step.tail[-1]  # the executor's own words: it could not start
-            if last:
-                error += f": {last}"
-        usage: dict[str, Any] = r["usage"] if isinstance(r.get("usage"), dict) else {}
-        return AgentRunOut(
-            outcome=outcome,
-            exit_code=step.exit_code,
-            subtype=subtype,
-            is_error=is_error,
-            result=r["result"][:RESULT_CHARS] if isinstance(r.get("result"), str) else None,
-            session_id=self.session_id,
-            usage=AgentUsage(
-                input_tokens=int(number(usage, "input_tokens")),
-                output_tokens=int(number(usage, "output_tokens")),
-                cache_creation_input_tokens=int(number(usage, "cache_creation_input_tokens")),
-                cache_read_input_tokens=int(number(usage, "cache_read_input_tokens")),
-                total_cost_usd=number(r, "total_cost_usd"),
-                num_turns=int(number(r, "num_turns")),
-                duration_ms=int(number(r, "duration_ms"))
-                if "duration_ms" in r
-                else step.duration_ms,
-            ),
-            error=error,
-            artifact_id=step.artifact_id,
-            tail=step.tail,
-            diff=step.diff,
-        )
-
-
-def summary(line: dict[str, Any]) -> str:
-    """A short human line for an event: what the agent said or did."""
-    kind = line["type"]
-    if kind == "system":
-        if line.get("subtype") == "init":
-            return f"init: model {line.get('model')}, session {line.get('session_id')}"
-        return f"system: {line.get('subtype')}"
-    if kind == "result":
-        cost = number(line, "total_cost_usd")
-        money = f"${cost:.2f}" if cost >= 0.01 or cost == 0 else f"${cost:.4f}"
-        return f"result: {line.get('subtype')}, {int(number(line, 'num_turns'))} turns, {money}"
-    message = line.get("message")
-    content = message.get("content") if isinstance(message, dict) else None
-    if isinstance(content, str):
-        content = [{"type": "text", "text": content}]
-    said = []
-    for block in content if isinstance(content, list) else []:
-        if not isinstance(block, dict):
-            continue
-        if block.get("type") == "text":
-            said.append(clip(str(block.get("text", ""))))
-        elif block.get("type") == "tool_use":
-            said.append(f"tool_use {block.get('name')}: {clip(tool_input(block.get('input')))}")
-        elif block.get("type") == "tool_result":
-            said.append("tool_result (error)" if block.get("is_error") else "tool_result")
-        elif isinstance(block.get("type"), str):
-            said.append(block["type"])
-    return " | ".join(said)[: 2 * SUMMARY_CHARS] or kind
-
-
-def tool_input(value: object) -> str:
-    """The part of a tool's input that says what it does: a command, a path, a pattern."""
-    if isinstance(value, dict):
-        for key in ("command", "file_path", "path", "pattern", "url", "description"):
-            if isinstance(value.get(key), str):
-                return str(value[key])
-    return json.dumps(value)
-
-
-def clip(text: str, chars: int = SUMMARY_CHARS) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= chars else text[: chars - 1] + "…"
-
-
-def bounded(line: dict[str, Any]) -> dict[str, Any]:
-    """The line with long strings and lists cut until it fits an event's payload."""
-    for chars in (4096, 1024, 256, 64):
-        cut = shorten(line, chars)
-        if len(json.dumps(cut)) <= EVENT_BYTES:
-            return dict(cut)
-    return {"type": line.get("type"), "truncated": True}
-
-
-def shorten(value: Any, chars: int) -> Any:
-    if isinstance(value, str) and len(value) > chars:
-        return value[:chars] + f"… [{len(value) - chars} more chars]"
-    if isinstance(value, list):
-        kept = [shorten(v, chars) for v in value[:LIST_ITEMS]]
-        more = len(value) - LIST_ITEMS
-        return kept + ([f"… [{more} more items]"] if more > 0 else [])
-    if isinstance(value, dict):
-        return {k: shorten(v, chars) for k, v in value.items()}
-    return value
-
-
-def number(values: dict[str, Any], key: str) -> float:
-    """A count from the agent's output; anything that is not a finite number counts as 0."""
-    value = values.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return 0
-    return value
+def outcome_of(stream: AgentStream, done: Executed, timeout: float, idle: float) -> AgentRunOut:
+    """How the agent did, from the lines it printed and how its command ended."""
+    r = stream.result or {}
+    step = done.result
+    subtype = r.get("subtype") if isinstance(r.get("subtype"), str) else None
+    is_error = bool(r.get("is_error"))
+    outcome: Literal["succeeded", "failed", "timed_out", "idle"] = "failed"
+    error: str | None
+    if done.outcome == "timed_out":
+        outcome, error = "timed_out", f"the agent ran past {timeout:g} s and was stopped"
+    elif done.outcome == "idle":
+        outcome, error = "idle", f"the agent printed nothing for {idle:g} s and was stopped"
+    elif step.exit_code != 0:
+        error = f"the agent exited with status {step.exit_code}"
+    elif not r:
+        error = "the agent ended without a result line"
+    elif is_error or subtype != "success":
+        error = f"the agent's result is an error ({subtype})"
+    else:
+        outcome, error = "succeeded", None
+    if error is not None:
+        if subtype and subtype not in error:
+            error += f" ({subtype})"
+        last = stream.last_stderr
+        if last is None and step.exit_code == NOT_STARTABLE and step.tail:
+            last = step.tail[-1]  # the executor's own words: it could not start
+        if last:
+            error += f": {last}"
+    usage: dict[str, Any] = r["usage"] if isinstance(r.get("usage"), dict) else {}
+    return AgentRunOut(
+        outcome=outcome,
+        exit_code=step.exit_code,
+        subtype=subtype,
+        is_error=is_error,
+        result=r["result"][:RESULT_CHARS] if isinstance(r.get("result"), str) else None,
+        session_id=stream.session_id,
+        usage=AgentUsage(
+            input_tokens=int(number(usage, "input_tokens")),
+            output_tokens=int(number(usage, "output_tokens")),
+            cache_creation_input_tokens=int(number(usage, "cache_creation_input_tokens")),
+            cache_read_input_tokens=int(number(usage, "cache_read_input_tokens")),
+            total_cost_usd=number(r, "total_cost_usd"),
+            num_turns=int(number(r, "num_turns")),
+            duration_ms=int(number(r, "duration_ms")) if "duration_ms" in r else step.duration_ms,
+        ),
+        error=error,
+        artifact_id=step.artifact_id,
+        tail=step.tail,
+        diff=step.diff,
+    )
 
 
 def redacted(prompt: str) -> str:

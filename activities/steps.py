@@ -1,8 +1,7 @@
 """The step executor: the one activity that runs a command for any workflow family.
 
-The command runs in its own process group, with its output going to an artifact file.
-The activity heartbeats every second, which is also how a cancel reaches it; a cancel or a
-timeout stops the whole group with SIGTERM, then SIGKILL after a grace period.
+The command runs in its own process group (activities/processes.py: heartbeats, the kill
+on a cancel or the timeout), with its output going to an artifact file.
 
 Jobs and runs use `steps.run`, whose output goes straight to the file. Other activities
 (the agent adapter) call `Steps.execute` with a `Streaming`: the output is then read line
@@ -13,14 +12,11 @@ command that prints nothing for a while. Either way the failure is theirs to jud
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import os
 import re
-import signal
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -28,26 +24,18 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import workspaces
+from activities import work_trees
+from activities.processes import Heard, stop_orphan, supervise, write_pgid_file
 from activities.records import CarriesDecisions, write_carried
-from activities.workspaces import Diff
+from activities.step_logs import close_pumps, describe_file, pump
+from activities.work_trees import Diff
 from store import events, resources
 from store.engine import Database
 from store.models import Artifact
 
-HEARTBEAT_S = 1.0
-TAIL_BYTES = 64 * 1024
-TAIL_LINE_CHARS = 500
 # What a step inherits from the worker; everything else (database URLs, tokens) stays out.
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "SHELL")
 NOT_STARTABLE = 127
-CHUNK_BYTES = 64 * 1024
-# A streamed line longer than this reaches the sink in pieces; the log keeps it whole.
-MAX_LINE_BYTES = 4 * 1024 * 1024
-# How long a streamed step's pipes may stay open after its leader exits (held by children).
-PIPE_GRACE_S = 2.0
-# How long a SIGKILLed group may take to be gone before we stop waiting for it.
-GROUP_EXIT_S = 5.0
 
 
 class StepInput(CarriesDecisions):
@@ -102,13 +90,6 @@ class Executed:
     attempt: int
 
 
-@dataclass
-class Heard:
-    """When a streamed command last printed anything."""
-
-    at: float = field(default_factory=time.monotonic)
-
-
 class Steps:
     """Bound to the worker's database and artifacts directory."""
 
@@ -155,7 +136,7 @@ class Steps:
         if pgid_file.exists():
             await asyncio.to_thread(stop_orphan, pgid_file)
         await self._started(step, attempt, step.argv if shown_argv is None else shown_argv)
-        before = await workspaces.snapshot(Path(step.cwd)) if step.diff and step.cwd else None
+        before = await work_trees.snapshot(Path(step.cwd)) if step.diff and step.cwd else None
         started = time.monotonic()
         outcome = "failed"
         exit_code = NOT_STARTABLE
@@ -178,7 +159,7 @@ class Steps:
             )
         if before is not None and step.cwd:
             patch = relative.parent / "patches" / f"{slug}-{attempt}.patch"
-            result.diff = await workspaces.changes(
+            result.diff = await work_trees.changes(
                 Path(step.cwd), before, self.artifacts_dir, patch
             )
         return Executed(result=result, outcome=outcome, attempt=attempt)
@@ -187,7 +168,7 @@ class Steps:
         process = await self._spawn(step, out, pgid_file, piped=False)
         if process is None:
             return NOT_STARTABLE, "failed"
-        return await self._supervise(step, process, pgid_file)
+        return await supervise(process, pgid_file, step.timeout_seconds, step.kill_grace_seconds)
 
     async def _stream(
         self, step: StepInput, out: BinaryIO, pgid_file: Path, streaming: Streaming
@@ -198,12 +179,17 @@ class Steps:
         assert process.stdout is not None and process.stderr is not None
         heard = Heard()
         pumps = [
-            asyncio.create_task(pump(process.stdout, "stdout", out, streaming.sink, heard)),
-            asyncio.create_task(pump(process.stderr, "stderr", out, streaming.sink, heard)),
+            asyncio.create_task(pump(process.stdout, "stdout", out, streaming.sink.line, heard)),
+            asyncio.create_task(pump(process.stderr, "stderr", out, streaming.sink.line, heard)),
         ]
         try:
-            return await self._supervise(
-                step, process, pgid_file, heard, streaming.idle_timeout_seconds
+            return await supervise(
+                process,
+                pgid_file,
+                step.timeout_seconds,
+                step.kill_grace_seconds,
+                heard,
+                streaming.idle_timeout_seconds,
             )
         finally:
             await asyncio.shield(close_pumps(process.pid, pumps))
@@ -233,50 +219,8 @@ class Steps:
             out.write(f"pilothouse: cannot start {step.argv[0]!r}: {exc}\n".encode())
             return None
         # A worker killed mid-step leaves its group running; the next attempt stops it.
-        await asyncio.to_thread(pgid_file.write_text, f"{process.pid} {start_time(process.pid)}")
+        await asyncio.to_thread(write_pgid_file, pgid_file, process.pid)
         return process
-
-    async def _supervise(
-        self,
-        step: StepInput,
-        process: asyncio.subprocess.Process,
-        pgid_file: Path,
-        heard: Heard | None = None,
-        idle_seconds: float | None = None,
-    ) -> tuple[int, str]:
-        """Heartbeat until the leader exits; stop the group on a cancel, the timeout, or
-        (with `heard`) a silence of `idle_seconds`."""
-        deadline = time.monotonic() + step.timeout_seconds if step.timeout_seconds else None
-
-        def quiet_until() -> float | None:
-            if heard is None or idle_seconds is None:
-                return None
-            return heard.at + idle_seconds
-
-        try:
-            while True:
-                activity.heartbeat()
-                ends = [t for t in (deadline, quiet_until()) if t is not None]
-                wait = min([HEARTBEAT_S, *(t - time.monotonic() for t in ends)])
-                try:
-                    code = await asyncio.wait_for(process.wait(), max(wait, 0.01))
-                    return code, "succeeded" if code == 0 else "failed"
-                except TimeoutError:
-                    now = time.monotonic()
-                    quiet = quiet_until()
-                    if deadline is not None and now >= deadline:
-                        ended = "timed_out"
-                    elif quiet is not None and now >= quiet:
-                        ended = "idle"
-                    else:
-                        continue
-                    await asyncio.shield(stop_group(process, step.kill_grace_seconds))
-                    return await process.wait(), ended
-        except asyncio.CancelledError:
-            await asyncio.shield(stop_group(process, step.kill_grace_seconds))
-            raise
-        finally:
-            await asyncio.to_thread(pgid_file.unlink, True)
 
     async def _started(self, step: StepInput, attempt: int, argv: list[str]) -> None:
         async with self.db.session() as session:
@@ -346,122 +290,8 @@ def stage_slug(stage: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", stage)[:80]
 
 
-async def pump(
-    reader: asyncio.StreamReader, stream: str, out: BinaryIO, sink: LineSink, heard: Heard
-) -> None:
-    """Copy a pipe to the log, line by line, and hand each line to the sink."""
-    pending = bytearray()
-
-    def emit(newline: bool) -> None:
-        out.write(bytes(pending) + (b"\n" if newline else b""))
-        sink.line(bytes(pending), stream)
-        pending.clear()
-
-    while chunk := await reader.read(CHUNK_BYTES):
-        heard.at = time.monotonic()
-        start = 0
-        while (end := chunk.find(b"\n", start)) >= 0:
-            pending += chunk[start:end]
-            emit(True)
-            start = end + 1
-        pending += chunk[start:]
-        if len(pending) > MAX_LINE_BYTES:
-            emit(False)
-        out.flush()
-    if pending:
-        emit(False)
-        out.flush()
-
-
-async def close_pumps(pgid: int, pumps: list[asyncio.Task[None]]) -> None:
-    """Read what is left in the pipes. Children of a finished leader that still hold them
-    open are killed: the step is over."""
-    _, pending = await asyncio.wait(pumps, timeout=PIPE_GRACE_S)
-    if pending:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
-        _, pending = await asyncio.wait(pending, timeout=PIPE_GRACE_S)
-    for task in pending:  # a child that left the group: stop listening to it
-        task.cancel()
-    await asyncio.gather(*pumps, return_exceptions=True)
-
-
 def failure(step: StepInput, exit_code: int, tail: list[str]) -> str:
     """Why a step failed, in words: the exit status and the last line it printed."""
     text = f"step {step.stage!r} exited with status {exit_code}"
     last = next((line.strip() for line in reversed(tail) if line.strip()), "")
     return f"{text}: {last}" if last else text
-
-
-async def stop_group(process: asyncio.subprocess.Process, grace_seconds: float) -> None:
-    """SIGTERM the process group, then SIGKILL it if it is still there after the grace."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        await asyncio.wait_for(process.wait(), grace_seconds)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
-    # The leader is gone; children that ignored SIGTERM may linger in the group.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    # A SIGKILL is delivered, not done: wait until nothing of the group runs, so "stopped"
-    # is true when we say it (a cancel waiting for completion relies on it).
-    await asyncio.to_thread(wait_group_gone, process.pid, GROUP_EXIT_S)
-
-
-def wait_group_gone(pgid: int, seconds: float) -> None:
-    """Poll /proc until no process of the group runs, for at most `seconds` (blocking)."""
-    deadline = time.monotonic() + seconds
-    while group_running(pgid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
-def group_running(pgid: int) -> bool:
-    """Whether a process of the group still runs; zombies do not count."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
-        except (OSError, ValueError):
-            continue  # gone while we looked
-        if group == str(pgid) and state not in ("Z", "X"):
-            return True
-    return False
-
-
-def start_time(pid: int) -> str:
-    """The kernel's start time of a process: with the pid, it names one process for good."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):  # gone already: /proc answers ENOENT or ESRCH
-        return "?"
-
-
-def stop_orphan(pgid_file: Path) -> None:
-    """Kill the process group an earlier attempt left behind, if it is still that group."""
-    try:
-        pid_text, started = pgid_file.read_text().split()
-        pgid = int(pid_text)
-    except (FileNotFoundError, ValueError):
-        return
-    if start_time(pgid) == started:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
-        # The next attempt works in the same directory: the orphan must be gone first.
-        wait_group_gone(pgid, GROUP_EXIT_S)
-    pgid_file.unlink(missing_ok=True)
-
-
-def describe_file(path: Path, tail_lines: int) -> tuple[int, str, list[str]]:
-    """Size, SHA-256 and the last lines of a finished log (blocking: run it in a thread)."""
-    digest = hashlib.sha256()
-    size = 0
-    last = b""
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-            size += len(chunk)
-            last = (last + chunk)[-TAIL_BYTES:]
-    lines = last.decode(errors="replace").splitlines()[-tail_lines:] if tail_lines else []
-    return size, digest.hexdigest(), [line[:TAIL_LINE_CHARS] for line in lines]

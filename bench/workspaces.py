@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from activities.mirrors import mirror_path
 from activities.workspaces import CloneIn, Workspaces
 from bench.jobs import peak_kib
 from settings import Settings
@@ -82,7 +83,7 @@ async def main(files: int, rounds: int, packed: bool) -> None:
         db = Database(settings.db_url)  # never opened: the clones carry no credential
         workspaces = Workspaces(db, settings)
         url = str(origin)
-        mirror = workspaces.mirror_path(url)
+        mirror = mirror_path(settings, url)
         owner = settings.workspaces_dir / "bench"
 
         async def ours(target: Path) -> None:

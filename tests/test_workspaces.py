@@ -13,16 +13,15 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
+from activities.mirrors import mirror_path
+from activities.work_trees import apply_patch, checkout, summary
 from activities.workspaces import (
     CloneIn,
     PublishIn,
     ScratchIn,
     WorkspaceRef,
     Workspaces,
-    apply_patch,
-    checkout,
     list_workspaces,
-    summary,
 )
 from settings import Settings
 from store.credentials import CredentialRef, redact
@@ -117,7 +116,7 @@ async def test_the_mirror_is_fetched_when_a_later_owner_clones(
     assert a.path != b.path and b.base_commit == newer != a.base_commit
     assert (Path(b.path) / "new.txt").is_file() and not (Path(a.path) / "new.txt").exists()
     assert [p.name for p in local.settings.mirrors_dir.glob("*.git")] == [
-        Path(local.mirror_path(str(origin))).name
+        Path(mirror_path(local.settings, str(origin))).name
     ]
 
 
@@ -206,7 +205,7 @@ async def test_a_token_reaches_git_through_askpass_and_nowhere_else(
         # git asked without credentials, was told 401, and came back with the token.
         assert server.seen[0].authorization is None
         assert any(s.authorization for s in server.seen)
-    mirror = workspaces.mirror_path(url)
+    mirror = mirror_path(settings, url)
     assert run_git(Path(made.path), "remote", "get-url", "origin").strip() == url
     assert run_git(mirror, "remote", "get-url", "origin").strip() == url
     assert "clone" in argv_log.read_text() and TOKEN not in argv_log.read_text()

@@ -1,0 +1,139 @@
+"""Process groups: a step's command leads a group of its own, so stopping it stops
+everything it started.
+
+The executor heartbeats while the leader runs (`supervise`), which is also how a cancel
+reaches it; a cancel, the timeout or a silence stops the whole group with SIGTERM, then
+SIGKILL after a grace period. A pgid file names the running group for good (pid and start
+time), so an attempt after a worker died mid-step stops the orphan it left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from temporalio import activity
+
+HEARTBEAT_S = 1.0
+# How long a SIGKILLed group may take to be gone before we stop waiting for it.
+GROUP_EXIT_S = 5.0
+
+
+@dataclass
+class Heard:
+    """When a streamed command last printed anything."""
+
+    at: float = field(default_factory=time.monotonic)
+
+
+async def supervise(
+    process: asyncio.subprocess.Process,
+    pgid_file: Path,
+    timeout_seconds: float | None,
+    kill_grace_seconds: float,
+    heard: Heard | None = None,
+    idle_seconds: float | None = None,
+) -> tuple[int, str]:
+    """Heartbeat until the leader exits; stop the group on a cancel, the timeout, or
+    (with `heard`) a silence of `idle_seconds`."""
+    deadline = time.monotonic() + timeout_seconds if timeout_seconds else None
+
+    def quiet_until() -> float | None:
+        if heard is None or idle_seconds is None:
+            return None
+        return heard.at + idle_seconds
+
+    try:
+        while True:
+            activity.heartbeat()
+            ends = [t for t in (deadline, quiet_until()) if t is not None]
+            wait = min([HEARTBEAT_S, *(t - time.monotonic() for t in ends)])
+            try:
+                code = await asyncio.wait_for(process.wait(), max(wait, 0.01))
+                return code, "succeeded" if code == 0 else "failed"
+            except TimeoutError:
+                now = time.monotonic()
+                quiet = quiet_until()
+                if deadline is not None and now >= deadline:
+                    ended = "timed_out"
+                elif quiet is not None and now >= quiet:
+                    ended = "idle"
+                else:
+                    continue
+                await asyncio.shield(stop_group(process, kill_grace_seconds))
+                return await process.wait(), ended
+    except asyncio.CancelledError:
+        await asyncio.shield(stop_group(process, kill_grace_seconds))
+        raise
+    finally:
+        await asyncio.to_thread(pgid_file.unlink, True)
+
+
+async def stop_group(process: asyncio.subprocess.Process, grace_seconds: float) -> None:
+    """SIGTERM the process group, then SIGKILL it if it is still there after the grace."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), grace_seconds)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+    # The leader is gone; children that ignored SIGTERM may linger in the group.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    # A SIGKILL is delivered, not done: wait until nothing of the group runs, so "stopped"
+    # is true when we say it (a cancel waiting for completion relies on it).
+    await asyncio.to_thread(wait_group_gone, process.pid, GROUP_EXIT_S)
+
+
+def wait_group_gone(pgid: int, seconds: float) -> None:
+    """Poll /proc until no process of the group runs, for at most `seconds` (blocking)."""
+    deadline = time.monotonic() + seconds
+    while group_running(pgid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def group_running(pgid: int) -> bool:
+    """Whether a process of the group still runs; zombies do not count."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue  # gone while we looked
+        if group == str(pgid) and state not in ("Z", "X"):
+            return True
+    return False
+
+
+def start_time(pid: int) -> str:
+    """The kernel's start time of a process: with the pid, it names one process for good."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):  # gone already: /proc answers ENOENT or ESRCH
+        return "?"
+
+
+def write_pgid_file(pgid_file: Path, pgid: int) -> None:
+    """Name the group as `stop_orphan` reads it back (blocking: run it in a thread)."""
+    pgid_file.write_text(f"{pgid} {start_time(pgid)}")
+
+
+def stop_orphan(pgid_file: Path) -> None:
+    """Kill the process group an earlier attempt left behind, if it is still that group."""
+    try:
+        pid_text, started = pgid_file.read_text().split()
+        pgid = int(pid_text)
+    except (FileNotFoundError, ValueError):
+        return
+    if start_time(pgid) == started:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        # The next attempt works in the same directory: the orphan must be gone first.
+        wait_group_gone(pgid, GROUP_EXIT_S)
+    pgid_file.unlink(missing_ok=True)
