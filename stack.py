@@ -159,7 +159,10 @@ class Stack:
                 answer = httpx.get(url, timeout=2)
                 if answer.status_code == 200:
                     return
-                last = answer.json().get("detail", answer.text)
+                try:
+                    last = answer.json().get("detail", answer.text)
+                except ValueError:  # not our API answering: another server took the port
+                    last = f"{answer.status_code} {answer.text[:200]}"
             except httpx.HTTPError as exc:
                 last = type(exc).__name__
             time.sleep(0.1)

@@ -32,6 +32,7 @@ from activities.steps import NOT_STARTABLE, Executed, StepInput, Steps, Streamin
 from activities.work_trees import Diff
 from settings import Settings
 from store.engine import Database
+from store.mcp import mcp_config
 
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 RESULT_CHARS = 16 * 1024
@@ -49,6 +50,9 @@ class AgentRunIn(CarriesDecisions):
     resume_session_id: str | None = Field(None, description="Adds --resume ID")
     mcp_config: dict[str, Any] | None = Field(
         None, description='{"mcpServers": {...}}, passed as a file with --mcp-config'
+    )
+    registered_mcp: bool = Field(
+        False, description="Also give the agent the enabled servers of /api/v1/mcp/servers"
     )
     command: str | None = Field(None, description="The template; None: settings.agent_command")
     timeout_seconds: float = Field(gt=0, description="Bounds the whole run")
@@ -130,8 +134,15 @@ class Agents:
         extra = ["--resume", a.resume_session_id] if a.resume_session_id else []
         # Beside the resource's logs, hidden (not an artifact): it may hold servers' secrets.
         mcp = s.artifacts_dir / a.resource_id / f".{stage_slug(a.stage)}.mcp.json"
-        if a.mcp_config is not None:
-            await asyncio.to_thread(write_private, mcp, json.dumps(a.mcp_config))
+        config = a.mcp_config
+        if a.registered_mcp:
+            async with self.db.session() as session:
+                registered = await mcp_config(session)
+            if registered is not None:
+                servers = registered["mcpServers"] | (config or {}).get("mcpServers", {})
+                config = (config or {}) | {"mcpServers": servers}
+        if config is not None:
+            await asyncio.to_thread(write_private, mcp, json.dumps(config))
             extra += ["--mcp-config", str(mcp)]
         idle = a.idle_timeout_seconds or s.agent_idle_timeout_seconds
         grace = s.agent_kill_grace_seconds if a.kill_grace_seconds is None else a.kill_grace_seconds

@@ -415,3 +415,15 @@ async def test_an_idle_task_finishes_and_lets_its_workspace_go(
     assert released.payload["by"] == "idle_ttl" and released.final
     late = await admin.post(f"/api/v1/tasks/{task_id}/instruct", json={"prompt": "more"})
     assert late.status_code == 409
+
+
+async def test_the_registered_mcp_servers_go_to_the_agent(
+    api: Api, admin: httpx.AsyncClient, worker: object
+) -> None:
+    for name, enabled in (("context7", True), ("off", False)):
+        server = {"name": name, "package": f"@mcp/{name}", "enabled": enabled}
+        assert (await admin.post("/api/v1/mcp/servers", json=server)).status_code == 201
+    task_id = await create(admin, None, "use the tools")
+    await wait_task(admin, task_id, "completed")
+    [init] = [e for e in await event_rows(api, task_id) if e.type == "agent.system"]
+    assert init.payload["mcp_servers"] == [{"name": "context7", "status": "connected"}]

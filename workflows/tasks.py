@@ -193,6 +193,7 @@ class TaskWorkflow(IterationLoop):
                     max_turns=config.max_turns,
                     permission_mode=config.permission_mode,
                     resume_session_id=self.agent_session_id,
+                    registered_mcp=True,
                     timeout_seconds=config.timeout_seconds,
                     idle_timeout_seconds=config.idle_timeout_seconds,
                     resource_state="running",
