@@ -84,7 +84,9 @@ class Settings(BaseSettings):
         description="A larger request body is refused with 413, unread",
     )
     sse_keepalive_seconds: float = Field(15, gt=0)
-    sse_max_seconds: float = Field(600, gt=0, description="An SSE stream closes after this")
+    sse_max_seconds: float = Field(
+        600, gt=0, description="An SSE stream with nothing new for this long closes (`timeout`)"
+    )
     pause_new_work: bool = Field(False, description="Kill switch: refuse new runs, jobs and tasks")
     auto_approve: bool = Field(
         True, description="Kill switch: when false, gates configured to auto-approve wait"

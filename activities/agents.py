@@ -38,6 +38,9 @@ PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 RESULT_CHARS = 16 * 1024
 
 
+SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+
+
 class AgentRunIn(CarriesDecisions):
     resource_kind: str
     resource_id: str
@@ -131,7 +134,9 @@ class Agents:
             raise ApplicationError(
                 str(exc), type="AgentCommandInvalid", non_retryable=True
             ) from exc
-        extra = ["--resume", a.resume_session_id] if a.resume_session_id else []
+        # The id comes from the agent's own output: only one that cannot pass for a flag.
+        resume = a.resume_session_id
+        extra = ["--resume", resume] if resume and SESSION_ID.fullmatch(resume) else []
         # Beside the resource's logs, hidden (not an artifact): it may hold servers' secrets.
         mcp = s.artifacts_dir / a.resource_id / f".{stage_slug(a.stage)}.mcp.json"
         config = a.mcp_config

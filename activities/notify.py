@@ -42,6 +42,7 @@ APPROVE, REJECT = "a", "r"
 RESOURCE_PATHS = {
     "job": "/api/v1/jobs/{id}",
     "run": "/runs/{id}",
+    "task": "/api/v1/tasks/{id}",
     "approval": "/approval/status/{id}",
 }
 STATE_WORDS = {

@@ -98,6 +98,12 @@ class WorkspaceInfo(BaseModel):
     branch: str | None
 
 
+# Config that could take a push (and its token) somewhere else than the task's URL.
+REDIRECTING = (
+    r"^(url\..*|core\.(sshcommand|gitproxy|askpass)|http\..*(proxy|extraheader)|credential\..*)$"
+)
+
+
 class Workspaces:
     def __init__(self, db: Database, settings: Settings) -> None:
         self.db = db
@@ -213,12 +219,15 @@ class Workspaces:
         base = await config_value(path, "pilothouse.baseCommit")
         if commit == base:
             return Published(commit=commit, branch=p.branch, pushed=False)
-        # The token goes only where the task's URL says: a work tree's config could send it
-        # elsewhere (its origin is the agent's to change; a url.*.insteadOf rewrites any).
-        if (await run_git(path, ("config", "--local", "--get-regexp", r"^url\."), None, None))[
-            0
-        ] == 0:
-            raise workspace_error("the workspace's git config rewrites URLs: nothing was pushed")
+        # The token goes only where the task's URL says: the work tree's config is the
+        # agent's to change, and could send it elsewhere (included files count too).
+        found = await run_git(
+            path, ("config", "--local", "--includes", "--get-regexp", REDIRECTING), None, None
+        )
+        if found[0] == 0:
+            raise workspace_error(
+                "the workspace's git config redirects or rewrites remotes: nothing was pushed"
+            )
         token = await self._token(p.credential)
         await git(
             path,

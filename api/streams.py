@@ -258,7 +258,7 @@ async def sse(
                     batch = await events.after(session, resource_id, last, REPLAY_BATCH)
                 for event in batch:
                     assert event.id is not None
-                    last = event.id
+                    last, started = event.id, time.monotonic()
                     yield frame(shape(event), id=event.id)
                     if event.final:
                         yield frame({"status": event.status}, event="done")
@@ -285,7 +285,7 @@ async def sse(
             assert event.id is not None
             if event.id <= last:
                 continue
-            last = event.id
+            last, started = event.id, time.monotonic()
             yield frame(shape(event), id=event.id)
             if event.final or settles(event):
                 yield frame({"status": event.status}, event="done")

@@ -136,9 +136,8 @@ async def test_a_task_streams_takes_an_instruction_and_opens_a_pull_request(
     )
     first = await stream(admin, task_id)
     assert first[0].event == "connected"
-    assert first[0].data == {"task_id": task_id, "status": "pending"} or (
-        first[0].data is not None and first[0].data["task_id"] == task_id
-    )
+    assert first[0].data is not None and first[0].data["task_id"] == task_id
+    assert first[0].data["status"] in ("pending", "cloning", "running")
     assert first[-1].event == "done" and first[-1].data == {"status": "completed"}
     data = [f for f in first if f.event is None and f.data is not None]
     assert all(f.id is not None for f in data)
@@ -354,7 +353,7 @@ async def test_a_hanging_webhook_receiver_holds_nothing(
 
 
 async def test_instructions_and_pull_requests_are_refused_where_they_cannot_run(
-    admin: httpx.AsyncClient, worker: object
+    api: Api, admin: httpx.AsyncClient, worker: object
 ) -> None:
     missing = await admin.post("/api/v1/tasks/task-nope/instruct", json={"prompt": "x"})
     assert missing.status_code == 404
@@ -370,6 +369,18 @@ async def test_instructions_and_pull_requests_are_refused_where_they_cannot_run(
     assert unknown_key.status_code == 422 and unknown_key.json()["error_code"] == "UNKNOWN_KEY"
     bad_url = await admin.post("/api/v1/tasks", json={"prompt": "x", "callback_url": "ftp://x"})
     assert bad_url.status_code == 422
+    token_in_url = await admin.post(
+        "/api/v1/tasks", json={"prompt": "x", "repo_url": f"https://{TOKEN}@github.com/o/r.git"}
+    )
+    assert token_in_url.status_code == 422 and TOKEN not in token_in_url.text
+    ours = await admin.post(
+        "/api/v1/tasks",
+        json={"prompt": "x", "repo_url": str(api.settings.data_dir / "mirrors" / "x.git")},
+    )
+    assert ours.status_code == 422 and ours.json()["error_code"] == "REPOSITORY_NOT_ALLOWED"
+    for odd in ("run-1", "x" * 300, ".."):
+        answer = await admin.delete(f"/api/v1/workspaces/{odd}")
+        assert answer.status_code in (404, 422), (odd, answer.text)
     # A task on a scratch workspace runs, but has nothing to open a pull request from.
     task_id = await create(admin, None, "scratch work")
     await wait_task(admin, task_id, "completed")

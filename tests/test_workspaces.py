@@ -295,12 +295,27 @@ async def test_publish_with_nothing_made_pushes_nothing(local: Workspaces, origi
     assert branch_of(origin, made.branch) is None
 
 
-async def test_publish_refuses_a_work_tree_that_rewrites_urls(
-    local: Workspaces, origin: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    "how", ["insteadOf", "included insteadOf", "proxy", "extraHeader", "sshCommand"]
+)
+async def test_publish_refuses_a_work_tree_that_redirects_its_push(
+    local: Workspaces, origin: Path, tmp_path: Path, how: str
 ) -> None:
     made = await env.run(local.clone, clone_in(origin))
-    run_git(Path(made.path), "config", f"url.{tmp_path}/elsewhere.git.insteadOf", str(origin))
-    (Path(made.path) / "x.txt").write_text("x\n")
+    path = Path(made.path)
+    key, value = {
+        "insteadOf": (f"url.{tmp_path}/elsewhere.git.insteadOf", str(origin)),
+        "proxy": ("http.proxy", "http://127.0.0.1:9"),
+        "extraHeader": ("http.extraHeader", "X-Leak: 1"),
+        "sshCommand": ("core.sshCommand", "sh -c 'cat > /tmp/x'"),
+    }.get(how, ("include.path", str(tmp_path / "more.gitconfig")))
+    if how == "included insteadOf":
+        # An included file: `git config --local` alone does not read it, git's push does.
+        (tmp_path / "more.gitconfig").write_text(
+            f'[url "{tmp_path}/elsewhere.git"]\n\tinsteadOf = {origin}\n'
+        )
+    run_git(path, "config", key, value)
+    (path / "x.txt").write_text("x\n")
     publish = PublishIn(owner_id="task-a", repo_url=str(origin), branch=made.branch, message="m")
     error = await failure(env.run(local.publish, publish))
     assert error.type == "WorkspaceError" and branch_of(origin, made.branch) is None

@@ -64,6 +64,9 @@ class IterationLoop(Gated):
         self.iterations = 0
         self._queue: list[Instruction] = []
         self._seen: dict[str, int] = {}
+        # Set, synchronously, once the loop has decided to end or continue as new: from then
+        # on no Update is taken that the loop would not be there to carry out.
+        self.closing = False
 
     def restore(self, place: LoopPlace) -> None:
         self.iterations = place.iterations
@@ -112,6 +115,8 @@ class IterationLoop(Gated):
             self._check_instruct()
 
     def _check_instruct(self) -> None:
+        if self.closing:
+            raise refuse(self.not_accepting_code, f"the {self.kind} is finishing")
         if self.state not in self.accepting or self._queue:
             raise refuse(
                 self.not_accepting_code,
@@ -126,12 +131,17 @@ class IterationLoop(Gated):
     ) -> Instruction | Literal["other", "idle"]:
         """The next instruction; `"other"` when `other()` holds first (the family's own
         requests); `"idle"` when nothing came for `idle_seconds`."""
-        try:
-            await workflow.wait_condition(
-                lambda: bool(self._queue) or other(), timeout=timedelta(seconds=idle_seconds)
-            )
-        except TimeoutError:
-            return "idle"
-        if self._queue:
-            return self._queue.pop(0)
-        return "other"
+        while True:
+            try:
+                await workflow.wait_condition(
+                    lambda: bool(self._queue) or other(), timeout=timedelta(seconds=idle_seconds)
+                )
+            except TimeoutError:
+                # An instruction being taken (recorded, not yet queued) is not idleness.
+                if self.state in self.accepting:
+                    self.closing = True
+                    return "idle"
+                continue
+            if self._queue:
+                return self._queue.pop(0)
+            return "other"

@@ -87,8 +87,9 @@ class TaskCreate(Strict):
 
     @model_validator(mode="after")
     def _one_credential(self) -> TaskCreate:
-        if self.repo_url and re.match(r"^[a-z+]+://[^/@]*:[^/@]*@", self.repo_url):
-            raise ValueError("repo_url: no password in the URL; give access_token or provider_key")
+        # A token in the URL would be kept and shown with it: credentials go apart.
+        if self.repo_url and re.match(r"^(https?|git|file)://[^/]*@", self.repo_url):
+            raise ValueError("repo_url: no user or token in the URL; give access_token")
         if self.access_token is not None and self.provider_key is not None:
             raise ValueError("give access_token or provider_key, not both")
         token = self.access_token.get_secret_value() if self.access_token else ""

@@ -72,6 +72,7 @@ class TaskWorkflow(IterationLoop):
         self._pr_answer: PullRequestAnswer | None = None
         self._pr_error: tuple[str, str] | None = None
         self._release: str | None = None
+        self._released = False
         self._webhooks: list[asyncio.Task[Any]] = []
         self._ended = False
 
@@ -352,6 +353,7 @@ class TaskWorkflow(IterationLoop):
             changes={"workspace": None},
             final=True,
         )
+        self._released = True
 
     # --- Updates -------------------------------------------------------------------------
 
@@ -380,15 +382,17 @@ class TaskWorkflow(IterationLoop):
         self._check_pr()
 
     def _check_pr(self) -> None:
-        ready = self.state in PR_FROM and self._pr is None
+        ready = self.state in PR_FROM and self._pr is None and not self.closing
         if not ready or not self.task.repo_url:
             what = "has no repository" if not self.task.repo_url else f"is {self.state}"
             raise refuse("TASK_NOT_READY", f"the task {what}; a pull request needs it completed")
 
     @workflow.update
     async def release(self, request: ReleaseIn) -> str:
+        """Let the workspace go and finish; answered once it is gone."""
         self._check_release()
-        self._release = request.by
+        self._release, self.closing = request.by, True
+        await workflow.wait_condition(lambda: self._released)
         return self.state
 
     @release.validator
@@ -396,6 +400,8 @@ class TaskWorkflow(IterationLoop):
         self._check_release()
 
     def _check_release(self) -> None:
+        if self.closing:
+            raise refuse("TASK_RUNNING", "the task is already finishing")
         if self.state not in self.accepting or self._pr is not None:
             raise refuse("TASK_RUNNING", f"the task is {self.state}; its workspace is in use")
 
@@ -524,9 +530,14 @@ class TaskWorkflow(IterationLoop):
     # --- continue-as-new ---------------------------------------------------------------------
 
     async def _continue_as_new(self, task: TaskInput) -> None:
+        """Go on in a new run, carrying the loop's place: no Update is taken from here on
+        (it would be lost with this run), and those in flight finish first."""
+        self.closing = True
         await self._settle()
+        await self.notices_done()
         if self._unrecorded or self._deferred:
             await self.record("records.decisions", CarriesDecisions())
+        await workflow.wait_condition(workflow.all_handlers_finished)
         place = TaskPlace(
             loop=self.place(),
             workspace=self.workspace,

@@ -7,19 +7,21 @@ import shutil
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import Request, status
+from fastapi import Path, Request, status
 from pydantic import BaseModel
+from sqlmodel import col, select
 
-from activities.workspaces import list_workspaces
+from activities.workspaces import OWNER_ID, list_workspaces
 from api.auth import require
 from api.decisions import updating
 from api.deps import SessionDep, SettingsDep, TemporalDep
 from api.errors import ApiError, ErrorBody, not_found
 from api.paging import Page, PageQuery, page
 from api.route import strict_router
+from settings import LIMITS
 from store.models import Task
 from store.tokens import Principal, Scope
-from workflows.task_spec import TAKES_INSTRUCTIONS, TASK_ENDS, ReleaseIn
+from workflows.task_spec import TAKES_INSTRUCTIONS, ReleaseIn
 from workflows.tasks import TaskWorkflow
 
 router = strict_router(
@@ -29,6 +31,9 @@ router = strict_router(
 )
 Reader = Annotated[Principal, require(Scope.tasks_read)]
 Writer = Annotated[Principal, require(Scope.tasks_write)]
+WorkspaceId = Annotated[
+    str, Path(max_length=LIMITS.max_name_chars, pattern=f"^{OWNER_ID.pattern}$")
+]
 
 
 class WorkspacePublic(BaseModel):
@@ -44,23 +49,28 @@ class WorkspacePublic(BaseModel):
 async def get_workspaces(
     request: Request, _: Reader, session: SessionDep, settings: SettingsDep, params: PageQuery
 ) -> Page[WorkspacePublic]:
-    """Every task workspace in the data directory, with its task's status."""
+    """Every task workspace in the data directory, with its task's status. (Runs keep
+    their workspaces there too; they are not listed here.)"""
     found = await asyncio.to_thread(list_workspaces, settings)
-    found.sort(key=lambda w: w.owner_id)
-    items = []
-    for w in found[params.skip : params.skip + params.limit]:
-        task = await session.get(Task, w.owner_id)
-        items.append(
-            WorkspacePublic(
-                task_id=w.owner_id,
-                path=w.path,
-                branch=w.branch,
-                size_bytes=w.size_bytes,
-                modified_at=w.modified_at,
-                task_status=task.state if task else None,
-            )
+    ids = [w.owner_id for w in found]
+    tasks = (
+        {t.id: t for t in await session.exec(select(Task).where(col(Task.id).in_(ids)))}
+        if ids
+        else {}
+    )
+    mine = sorted((w for w in found if w.owner_id in tasks), key=lambda w: w.owner_id)
+    items = [
+        WorkspacePublic(
+            task_id=w.owner_id,
+            path=w.path,
+            branch=w.branch,
+            size_bytes=w.size_bytes,
+            modified_at=w.modified_at,
+            task_status=tasks[w.owner_id].state,
         )
-    return page(request, items, len(found), params)
+        for w in mine[params.skip : params.skip + params.limit]
+    ]
+    return page(request, items, len(mine), params)
 
 
 @router.delete(
@@ -73,28 +83,26 @@ async def get_workspaces(
     },
 )
 async def delete_workspace(
-    task_id: str,
+    task_id: Annotated[
+        str, Path(max_length=LIMITS.max_name_chars, pattern=f"^{OWNER_ID.pattern}$")
+    ],
     principal: Writer,
     session: SessionDep,
     settings: SettingsDep,
     temporal: TemporalDep,
 ) -> None:
-    """A task waiting for instructions lets its workspace go and finishes; an ended
-    task's workspace is removed at once. A running task's answers 409."""
+    """A task waiting for instructions lets its workspace go and finishes (answered once it
+    is gone); an ended task's workspace is removed at once. A running task's answers 409."""
     task = await session.get(Task, task_id)
-    path = (settings.workspaces_dir / task_id).resolve()
-    if not path.is_relative_to(settings.workspaces_dir) or path == settings.workspaces_dir:
+    path = settings.workspaces_dir / task_id
+    if task is None or not await asyncio.to_thread(path.is_dir):
         raise not_found("workspace", task_id)
-    if not path.is_dir():
-        raise not_found("workspace", task_id)
-    if task is not None and task.state in TAKES_INSTRUCTIONS and task.completed_at is None:
+    if task.completed_at is None and task.state in TAKES_INSTRUCTIONS:
         handle = temporal.get_workflow_handle(task_id)
         await updating(handle.execute_update(TaskWorkflow.release, ReleaseIn(by=principal.name)))
         return
-    if task is not None and task.completed_at is None and task.state not in TASK_ENDS:
+    if task.completed_at is None:
         raise ApiError(
             409, "TASK_RUNNING", f"task {task_id} is {task.state}; its workspace is in use"
         )
-    if not path.is_dir():
-        raise not_found("workspace", task_id)
-    await asyncio.to_thread(shutil.rmtree, path)
+    await asyncio.to_thread(shutil.rmtree, path, True)
