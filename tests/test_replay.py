@@ -1,4 +1,4 @@
-"""Determinism: recorded job histories replay against today's workflow code."""
+"""Determinism: recorded job and task histories replay against today's workflow code."""
 
 from __future__ import annotations
 
@@ -15,10 +15,13 @@ from temporalio.worker import Replayer
 from tests.jobs_helpers import GATE, create_job, stage, wait_state
 from workflows.approvals import ApprovalWorkflow
 from workflows.jobs import JobWorkflow
+from workflows.runs import RunWorkflow
+from workflows.tasks import TaskWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 REPLAYER = Replayer(
-    workflows=[JobWorkflow, ApprovalWorkflow], data_converter=pydantic_data_converter
+    workflows=[JobWorkflow, ApprovalWorkflow, RunWorkflow, TaskWorkflow],
+    data_converter=pydantic_data_converter,
 )
 
 

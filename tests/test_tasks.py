@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -16,12 +17,15 @@ import httpx
 import pytest
 from pydantic import SecretStr
 from sqlmodel import col, select
+from temporalio.api.history.v1 import History
+from temporalio.client import Client
 
 from settings import Settings
 from store.models import Event, Task, WebhookDelivery
 from tests.conftest import Api
 from tests.git_servers import FakeGitHub, branch_of, fake_github, make_origin, run_git
 from tests.sse_client import Frame, frames
+from tests.test_replay import HISTORIES, REPLAYER
 from tests.test_steps import alive
 from tests.webhook_receiver import Receiver, receiving
 
@@ -254,7 +258,12 @@ async def test_a_task_streams_takes_an_instruction_and_opens_a_pull_request(
 
 
 async def test_a_pr_gate_holds_the_push_until_a_human_approves(
-    api: Api, admin: httpx.AsyncClient, worker: object, origin: Path, github: FakeGitHub
+    api: Api,
+    admin: httpx.AsyncClient,
+    worker: object,
+    origin: Path,
+    github: FakeGitHub,
+    client: Client,
 ) -> None:
     gate = {"required": True, "reason_required_on_reject": True}
     task_id = await create(admin, origin, "Change it [edit app.py]", config={"pr_gate": gate})
@@ -287,6 +296,13 @@ async def test_a_pr_gate_holds_the_push_until_a_human_approves(
     assert approved.status_code == 200, approved.text
     task = await wait_task(admin, task_id, "pr_created")
     assert task["pr_number"] == 1 and branch_of(origin, f"pilothouse/{task_id}") is not None
+
+    # Its history replays against today's code, and guards the workflow's shape.
+    history = await client.get_workflow_handle(task_id).fetch_history()
+    await REPLAYER.replay_workflow(history)
+    if os.environ.get("PILOTHOUSE_RECORD_HISTORIES"):
+        recorded = History(events=history.events).SerializeToString()
+        (HISTORIES / "task_gate_reject_instruct_approve.pb").write_bytes(recorded)
 
 
 async def test_cancel_kills_the_agent_mid_iteration(

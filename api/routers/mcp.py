@@ -28,9 +28,10 @@ router = strict_router(
     responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}},
 )
 
-Reader = Annotated[Principal, require(Scope.tasks_read)]
-# A server's command runs inside every agent: only an admin adds or removes one.
-Writer = Annotated[Principal, require(Scope.admin)]
+# A server's command runs inside every agent, and its args often hold keys: only an
+# admin adds, removes or reads one.
+Reader = Annotated[Principal, require(Scope.admin)]
+Writer = Reader
 
 NAME = r"^[A-Za-z0-9._-]{1,100}$"
 # One printable ASCII word that does not start with `-`: never read as an option.
