@@ -167,6 +167,16 @@ class Messages:
     closed: bool = False
 
 
+# Attempts an activity gets for workers lost while it ran, beyond its own retries.
+WORKER_LOSSES = 2
+
+
+def cause(err: ActivityError) -> str:
+    """Why an activity failed, in words: its ApplicationError's message when it has one."""
+    inner = err.cause
+    return inner.message if isinstance(inner, ApplicationError) else str(inner or err)
+
+
 def refuse(code: str, message: str) -> ApplicationError:
     return ApplicationError(message, type=code, non_retryable=True)
 

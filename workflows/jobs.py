@@ -23,9 +23,8 @@ with workflow.unsafe.imports_passed_through():
     from settings import LIMITS
     from strict import Params, PathText, Strict, Text, check_json, explain
     from workflows import attributes
-    from workflows.gate import GateConfig, Gated
+    from workflows.gate import WORKER_LOSSES, GateConfig, Gated
 
-WORKER_LOSSES = 2
 STAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,199}$"
 JobState = Literal[

@@ -20,8 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.records import IssueFact, Transition
     from activities.steps import StepInput, StepResult
     from workflows import attributes
-    from workflows.gate import Gated, refuse
-    from workflows.jobs import WORKER_LOSSES
+    from workflows.gate import WORKER_LOSSES, Gated, cause, refuse
     from workflows.run_results import (
         AuditorResult,
         BuilderResult,
@@ -402,11 +401,6 @@ class PhaseWork(Gated):
             self.defer(fact)
         else:
             await self.record("records.transition", fact)
-
-
-def cause(err: ActivityError) -> str:
-    inner = err.cause
-    return inner.message if isinstance(inner, ApplicationError) else str(inner or err)
 
 
 def last_json(tail: list[str]) -> dict[str, Any]:

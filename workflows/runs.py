@@ -26,9 +26,9 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 with workflow.unsafe.imports_passed_through():
     from activities.workspaces import Workspace, WorkspaceIn
     from strict import explain
-    from workflows.gate import GateConfig
+    from workflows.gate import GateConfig, cause
     from workflows.run_spec import PhaseSpec, RunSpec, TierSpec
-    from workflows.run_work import Phase, PhaseWork, RunInput, cause
+    from workflows.run_work import Phase, PhaseWork, RunInput
 
 RUN_ENDS = (
     "DONE_SUCCESS",

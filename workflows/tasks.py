@@ -26,7 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.workspaces import Clone, CloneIn, Published, PublishIn, ScratchIn, WorkspaceRef
     from strict import explain
     from workflows import attributes
-    from workflows.gate import refuse
+    from workflows.gate import WORKER_LOSSES, cause, refuse
     from workflows.iterations import Instruction, IterationLoop
     from workflows.task_spec import (
         TAKES_INSTRUCTIONS,
@@ -38,7 +38,6 @@ with workflow.unsafe.imports_passed_through():
         TaskPlace,
     )
 
-WORKER_LOSSES = 2
 PR_STAGE = "pull-request"
 # A pull request comes from work done since the last one: not straight from `pr_created`.
 PR_FROM = frozenset({"completed", "awaiting_instruction"})
@@ -554,11 +553,6 @@ class TaskWorkflow(IterationLoop):
         self.workspace, self.branch = place.workspace, place.branch
         self.base_branch, self.agent_session_id = place.base_branch, place.agent_session_id
         self.totals, self.pr_openings = dict(place.totals), place.pr_openings
-
-
-def cause(err: ActivityError) -> str:
-    inner = err.cause
-    return inner.message if isinstance(inner, ApplicationError) else str(inner or err)
 
 
 def changes_summary(out: AgentRunOut | None) -> dict[str, int]:
