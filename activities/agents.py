@@ -68,6 +68,7 @@ class AgentRunIn(CarriesDecisions):
     resource_state: str = "running"
     parts: dict[str, dict[str, Any]] = Field(default_factory=dict)
     diff: bool = True
+    allowed_tools: list[str] = Field(default_factory=list, description="Adds --allowedTools")
 
 
 class AgentUsage(BaseModel):
@@ -138,6 +139,8 @@ class Agents:
                 str(exc), type="AgentCommandInvalid", non_retryable=True
             ) from exc
         extra = ["--resume", a.resume_session_id] if a.resume_session_id else []
+        if a.allowed_tools:
+            extra += ["--allowedTools", ",".join(a.allowed_tools)]
         # Beside the resource's logs, hidden (not an artifact): it may hold servers' secrets.
         mcp = s.artifacts_dir / a.resource_id / f".{stage_slug(a.stage)}.mcp.json"
         if a.mcp_config is not None:

@@ -22,6 +22,7 @@ from api.errors import ApiError, ErrorBody, not_found
 from api.paging import Page, PageQuery, page
 from api.route import strict_router
 from api.starts import create_and_start
+from api.task_definitions import DefinitionCreated, TaskBody, create_definition, task_view
 from api.task_models import (
     CancelAnswer,
     CreatePrBody,
@@ -38,10 +39,10 @@ from store.credentials import CredentialRef
 from store.models import Key, Task, TaskIteration
 from store.secrets import Secrets
 from store.tokens import Principal, Scope
+from workflows.definition_spec import DefinitionCreate
 from workflows.iterations import InstructIn
 from workflows.task_spec import (
     PullRequestAsk,
-    TaskCreate,
     TaskInput,
     TaskState,
 )
@@ -78,15 +79,20 @@ async def load_task(session: SessionDep, task_id: str) -> Task:
     responses={422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
 )
 async def create_task(
-    body: TaskCreate,
+    body: TaskBody,
     principal: Writer,
     session: SessionDep,
     temporal: TemporalDep,
     settings: SettingsDep,
     key: IdempotencyKeyDep,
-) -> TaskCreated:
-    """Clones the repository into a workspace of the task's own, on a branch
-    `pilothouse/task-…`, and runs the agent on the prompt. Follow it at `/stream`."""
+) -> TaskCreated | DefinitionCreated:
+    """With `prompt`: clones the repository into a workspace of the task's own, on a branch
+    `pilothouse/task-…`, and runs the agent on the prompt. Follow it at `/stream`.
+
+    With `prompt_template`: a task definition, run by `/execute` or by its schedule
+    (`schedule_cron`, a Temporal Schedule `task-schedule-<id>`)."""
+    if isinstance(body, DefinitionCreate):
+        return await create_definition(session, temporal, settings, principal, body)
     if body.provider_key is not None and await session.get(Key, body.provider_key) is None:
         raise ApiError(422, "UNKNOWN_KEY", f"provider_key: no registered key {body.provider_key!r}")
     task_id = f"task-{uuid.uuid4()}"
@@ -153,11 +159,22 @@ async def list_tasks(
     session: SessionDep,
     params: PageQuery,
     state: Annotated[TaskState | None, Query(description="Only tasks in this state")] = None,
+    kind: Annotated[
+        Literal["run", "definition"] | None, Query(description="Only runs, or only definitions")
+    ] = None,
+    definition_id: Annotated[
+        str | None, Query(max_length=100, description="Only this definition's executions")
+    ] = None,
 ) -> Page[TaskPublic]:
-    """Newest first, from the database."""
+    """Newest first, from the database: a definition's `last_run_at` is its last
+    execution's start; `next_run_at` is read from the schedule on a single task's read."""
     query = select(Task)
     if state:
         query = query.where(Task.state == state)
+    if kind:
+        query = query.where(Task.kind == kind)
+    if definition_id:
+        query = query.where(Task.definition_id == definition_id)
     total = (await session.exec(select(sa.func.count()).select_from(query.subquery()))).one()
     rows = await session.exec(
         query.order_by(col(Task.created_at).desc()).offset(params.skip).limit(params.limit)
@@ -170,6 +187,7 @@ async def get_task(
     task_id: TaskId,
     _: Reader,
     session: SessionDep,
+    temporal: TemporalDep,
     include: Annotated[
         Literal["iterations"] | None, Query(description="`iterations` adds each iteration")
     ] = None,
@@ -183,7 +201,7 @@ async def get_task(
             .order_by(col(TaskIteration.number))
         )
         iterations = list(rows)
-    return task_public(task, iterations)
+    return await task_view(session, temporal, task, iterations)
 
 
 @router.post(
