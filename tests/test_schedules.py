@@ -204,6 +204,10 @@ async def test_bad_input_is_refused_naming_the_field(
     unknown = await admin.post(f"/api/v1/tasks/{task_id}/execute", json={"vars": {}})
     assert unknown.status_code == 422 and "variables" in unknown.json()["detail"]
     assert (await admin.post("/api/v1/tasks/task-nope/execute", json={})).status_code == 404
+    kept = await admin.patch(f"/api/v1/tasks/{task_id}", json={"name": None, "timezone": None})
+    assert kept.status_code == 200 and kept.json()["name"] == DAILY["name"]
+    instruct = await admin.post(f"/api/v1/tasks/{task_id}/instruct", json={"prompt": "x"})
+    assert instruct.status_code == 409 and instruct.json()["error_code"] == "NOT_A_RUN"
 
 
 async def test_an_execution_without_a_repository_runs_the_agent_and_records_usage(

@@ -38,7 +38,12 @@ router = strict_router(
 Reader = Annotated[Principal, require(Scope.tasks_read)]
 Writer = Annotated[Principal, require(Scope.tasks_write)]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorBody, "description": "No such task definition"}
+    404: {"model": ErrorBody, "description": "No such task definition"},
+    409: {"model": ErrorBody, "description": "A run, not a definition; or no schedule"},
+}
+SCHEDULE: dict[int | str, dict[str, Any]] = {
+    **NOT_FOUND,
+    503: {"model": ErrorBody, "description": "Temporal did not answer"},
 }
 
 
@@ -53,7 +58,7 @@ async def load_definition(session: SessionDep, task_id: str) -> Task:
     return task
 
 
-@router.patch("/{task_id}", summary="Change a task definition", responses=NOT_FOUND)
+@router.patch("/{task_id}", summary="Change a task definition", responses=SCHEDULE)
 async def update_definition(
     task_id: str,
     body: DefinitionPatch,
@@ -66,7 +71,12 @@ async def update_definition(
     `is_scheduled` becomes false), keeping whether it is paused."""
     task = await load_definition(session, task_id)
     was_scheduled = schedules.scheduled(task)
-    changes = body.model_dump(mode="json", exclude_unset=True)
+    # Only the schedule and the description can be taken away; a null elsewhere keeps it.
+    changes = {
+        k: v
+        for k, v in body.model_dump(mode="json", exclude_unset=True).items()
+        if v is not None or k in ("schedule_cron", "description")
+    }
     fields = dict(task.definition or {}) | changes
     if "schedule_cron" in changes and "is_scheduled" not in changes:
         fields["is_scheduled"] = fields.get("schedule_cron") is not None
@@ -104,7 +114,7 @@ async def update_definition(
     "/{task_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a task definition and its schedule",
-    responses=NOT_FOUND,
+    responses=SCHEDULE,
 )
 async def delete_definition(
     task_id: str, _: Writer, session: SessionDep, temporal: TemporalDep
@@ -122,7 +132,7 @@ async def delete_definition(
     "/{task_id}/execute",
     summary="Execute a task definition now",
     dependencies=[NewWorkAllowed],
-    responses={**NOT_FOUND, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses={**SCHEDULE, 422: {"model": ErrorBody}},
 )
 async def execute(
     task_id: str,
@@ -181,14 +191,14 @@ async def _pause(
     return PauseAnswer(id=task.id, is_active=not paused)
 
 
-@router.post("/{task_id}/pause", summary="Pause a definition's schedule", responses=NOT_FOUND)
+@router.post("/{task_id}/pause", summary="Pause a definition's schedule", responses=SCHEDULE)
 async def pause(
     task_id: str, principal: Writer, session: SessionDep, temporal: TemporalDep
 ) -> PauseAnswer:
     return await _pause(task_id, True, principal, session, temporal)
 
 
-@router.post("/{task_id}/unpause", summary="Resume a definition's schedule", responses=NOT_FOUND)
+@router.post("/{task_id}/unpause", summary="Resume a definition's schedule", responses=SCHEDULE)
 async def unpause(
     task_id: str, principal: Writer, session: SessionDep, temporal: TemporalDep
 ) -> PauseAnswer:

@@ -71,6 +71,16 @@ async def load_task(session: SessionDep, task_id: str) -> Task:
     return task
 
 
+async def load_run(session: SessionDep, task_id: str) -> Task:
+    """A task that runs: a definition has no workflow of its own to instruct or cancel."""
+    task = await load_task(session, task_id)
+    if task.kind == "definition":
+        raise ApiError(
+            409, "NOT_A_RUN", f"task {task_id} is a definition; execute it (POST /execute)"
+        )
+    return task
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -220,7 +230,7 @@ async def instruct(
     """Starts a new iteration in the same workspace, resuming the agent's session. Only a
     task that is `completed` or `awaiting_instruction` takes one (else 409). A retried
     request with the same `Idempotency-Key` starts nothing twice."""
-    task = await load_task(session, task_id)
+    task = await load_run(session, task_id)
     if task.completed_at is not None:
         raise ApiError(409, "TASK_NOT_AWAITING", f"task {task_id} has ended ({task.state})")
     handle = temporal.get_workflow_handle(task_id)
@@ -244,7 +254,7 @@ async def cancel(
 ) -> CancelAnswer:
     """Kills the agent's process group (SIGTERM, then SIGKILL after the grace); the task
     ends `canceled`."""
-    task = await load_task(session, task_id)
+    task = await load_run(session, task_id)
     if task.completed_at is not None:
         raise ApiError(409, "TASK_ALREADY_ENDED", f"task {task_id} has ended ({task.state})")
     state = await cancels.cancel(session, temporal, "task", task_id, principal.name)
@@ -276,7 +286,7 @@ async def create_pr(
     """Commits the workspace, pushes the task's branch and opens the pull request. With
     `config.pr_gate`, a gate opens first (202): nothing leaves until it is approved, and a
     rejection leaves the task `awaiting_instruction`."""
-    task = await load_task(session, task_id)
+    task = await load_run(session, task_id)
     if task.completed_at is not None:
         raise ApiError(409, "TASK_NOT_READY", f"task {task_id} has ended ({task.state})")
     handle = temporal.get_workflow_handle(task_id)
