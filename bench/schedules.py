@@ -1,5 +1,7 @@
 """Benchmark of scheduled tasks: a firing's scheduled time → the agent's process started,
-p50 over N firings, with the API and the worker as their own processes on one dev server.
+p50 over N firings, with the API and the worker as their own processes on one dev server;
+beside it, in the same run, a bare Temporal schedule's firing → its one activity started
+(`@every 2s` offset by 1 s, so the two do not fire together).
 
 A task definition (no repository: a scratch workspace) is scheduled `@every 2s`; each
 firing's scheduled time is the schedule's own record of it (`recent_actions`), and
@@ -16,12 +18,23 @@ import asyncio
 import statistics
 import sys
 import tempfile
+import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
-from temporalio.client import Client
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleIntervalSpec,
+    ScheduleSpec,
+)
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
 
 from bench.jobs import pct, peak_kib, processes, wait_ready
+from bench.raw import RawOne, run_true
 from bench.tasks import agent_started
 
 FAKE = Path(__file__).resolve().parent.parent / "tests" / "fake_claude.py"
@@ -53,6 +66,34 @@ async def firings(
     return delays[1:]  # the first firing warms the worker
 
 
+async def bare_firings(client: Client, rounds: int, every: int) -> list[float]:
+    schedule_id = f"raw-schedule-{uuid.uuid4()}"
+    handle = await client.create_schedule(
+        schedule_id,
+        Schedule(
+            action=ScheduleActionStartWorkflow(RawOne.run, id=schedule_id, task_queue="bench-raw"),
+            spec=ScheduleSpec(
+                intervals=[
+                    ScheduleIntervalSpec(
+                        every=timedelta(seconds=every), offset=timedelta(seconds=every / 2)
+                    )
+                ]
+            ),
+        ),
+    )
+    delays: dict[str, float] = {}
+    while len(delays) < rounds + 1:
+        for action in (await handle.describe()).info.recent_actions:
+            run_id = getattr(action.action, "workflow_id", None)
+            if run_id is None or run_id in delays:
+                continue
+            started: float = await client.get_workflow_handle(run_id).result()
+            delays[run_id] = (started - action.scheduled_at.timestamp()) * 1000
+        await asyncio.sleep(0.2)
+    await handle.delete()
+    return list(delays.values())[1:]  # the first firing warms the worker
+
+
 async def main(database_url: str | None, rounds: int, every: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
@@ -64,15 +105,25 @@ async def main(database_url: str | None, rounds: int, every: int) -> None:
                 headers={"Authorization": f"Bearer {token}"},
                 timeout=60,
             )
-            client = await Client.connect(settings.temporal_target)
+            client = await Client.connect(
+                settings.temporal_target, data_converter=pydantic_data_converter
+            )
             try:
                 await wait_ready(http)
                 print(f"database: {'PostgreSQL' if database_url else 'SQLite'}; every {every} s")
-                delays = await firings(http, client, pids, rounds, every)
+                async with Worker(
+                    client, task_queue="bench-raw", workflows=[RawOne], activities=[run_true]
+                ):
+                    delays, bare = await asyncio.gather(
+                        firings(http, client, pids, rounds, every),
+                        bare_firings(client, rounds, every),
+                    )
                 print(
                     f"scheduled time → agent started  p50 {statistics.median(delays):6.1f} ms"
                     f"  p95 {pct(delays, 0.95):6.1f} ms  max {max(delays):6.1f} ms"
                     f"  over {len(delays)} firings"
+                    f"   bare firing → activity started p50 {statistics.median(bare):6.1f} ms"
+                    f"  (over {len(bare)})"
                 )
                 print(
                     f"peak memory  api {peak_kib(api.pid) / 1024:6.1f} MiB"
