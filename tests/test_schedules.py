@@ -191,6 +191,19 @@ async def test_bad_input_is_refused_naming_the_field(
     await refused({"template_id": "nope"}, "template_id")
     listed = (await admin.get("/api/v1/tasks", params={"kind": "definition"})).json()
     assert listed["total"] == 0, "nothing refused was kept"
+    # A key whose first request Temporal refused is free for a corrected one.
+    keyed = {"Idempotency-Key": "k-1"}
+    first = await admin.post(
+        "/api/v1/tasks", json={**DAILY, "schedule_cron": "99 9 * * *"}, headers=keyed
+    )
+    assert first.status_code == 422
+    again = await admin.post("/api/v1/tasks", json=DAILY, headers=keyed)
+    repeat = await admin.post("/api/v1/tasks", json=DAILY, headers=keyed)
+    assert again.status_code == repeat.status_code == 201
+    assert again.json()["id"] == repeat.json()["id"], "a repeated create makes one definition"
+    other = await admin.post("/api/v1/tasks", json={**DAILY, "name": "x"}, headers=keyed)
+    assert other.status_code == 422 and other.json()["error_code"] == "IDEMPOTENCY_KEY_REUSED"
+    assert (await admin.delete(f"/api/v1/tasks/{again.json()['id']}")).status_code == 204
 
     created = await define(admin, schedule_cron=None, variables={})
     task_id = created["id"]

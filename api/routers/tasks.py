@@ -102,7 +102,7 @@ async def create_task(
     With `prompt_template`: a task definition, run by `/execute` or by its schedule
     (`schedule_cron`, a Temporal Schedule `task-schedule-<id>`)."""
     if isinstance(body, DefinitionCreate):
-        return await create_definition(session, temporal, settings, principal, body)
+        return await create_definition(session, temporal, settings, principal, body, key)
     if body.provider_key is not None and await session.get(Key, body.provider_key) is None:
         raise ApiError(422, "UNKNOWN_KEY", f"provider_key: no registered key {body.provider_key!r}")
     task_id = f"task-{uuid.uuid4()}"
