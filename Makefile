@@ -29,6 +29,7 @@ bench: install
 	$(BIN)/python -m bench.jobs
 	$(BIN)/python -m bench.runs
 	$(BIN)/python -m bench.telegram
+	$(BIN)/python -m bench.schedules
 
 clean:
 	rm -rf $(VENV) .pilothouse .pytest_cache .mypy_cache .ruff_cache

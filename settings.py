@@ -195,6 +195,13 @@ class Settings(BaseSettings):
         le=YEAR_S,
         description="A task idle this long awaiting instructions finishes; its workspace goes",
     )
+    schedule_catchup_seconds: float = Field(
+        600,
+        ge=10,
+        le=7 * 24 * 3600,
+        description="A task schedule fires what it missed in this window only, so a restart "
+        "after a long stop does not fire a flood of runs",
+    )
     secret_key: SecretStr | None = Field(
         None,
         description="Fernet key that encrypts keys and credentials at rest; by default one "

@@ -18,6 +18,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.agents import Agents
+from activities.execution_records import ExecutionRecords
 from activities.github import GitHub
 from activities.notify import Notify, notifying
 from activities.records import Records
@@ -40,6 +41,7 @@ WORKFLOWS: Sequence[type] = (JobWorkflow, ApprovalWorkflow, RunWorkflow, TaskWor
 
 def activities(db: Database, settings: Settings) -> list[Callable[..., Any]]:
     records = Records(db, notifying(settings))
+    executions = ExecutionRecords(db, settings.artifacts_dir)
     notify = Notify(db, settings)
     steps = Steps(db, settings.artifacts_dir)
     workspaces = Workspaces(db, settings)
@@ -51,6 +53,8 @@ def activities(db: Database, settings: Settings) -> list[Callable[..., Any]]:
         records.decisions,
         records.decision,
         records.issue,
+        executions.execution,
+        executions.report,
         notify.gate_opened,
         notify.gate_reminder,
         notify.gate_closed,

@@ -65,6 +65,7 @@ class AgentRunIn(CarriesDecisions):
     resource_state: str = "running"
     parts: dict[str, dict[str, Any]] = Field(default_factory=dict)
     diff: bool = True
+    allowed_tools: list[str] = Field(default_factory=list, description="Adds --allowedTools")
 
 
 class AgentUsage(BaseModel):
@@ -137,6 +138,8 @@ class Agents:
         # The id comes from the agent's own output: only one that cannot pass for a flag.
         resume = a.resume_session_id
         extra = ["--resume", resume] if resume and SESSION_ID.fullmatch(resume) else []
+        if a.allowed_tools:
+            extra += ["--allowedTools", ",".join(a.allowed_tools)]
         # Beside the resource's logs, hidden (not an artifact): it may hold servers' secrets.
         mcp = s.artifacts_dir / a.resource_id / f".{stage_slug(a.stage)}.mcp.json"
         config = a.mcp_config

@@ -24,6 +24,8 @@ from api.routers import (
     probes,
     run_reads,
     runs,
+    session_templates,
+    task_definitions,
     tasks,
     telegram_webhook,
     tokens,
@@ -129,6 +131,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             tags=["runs"],
         ),
         tasks.router,
+        task_definitions.router,
+        session_templates.router,
         resource_routes(
             kind="task",
             prefix="/api/v1/tasks",

@@ -65,10 +65,38 @@ class TaskPublic(BaseModel):
     finished_at: datetime | None = Field(description="When the task ended, if it has")
     updated_at: datetime
     iterations: list[IterationPublic] | None = Field(None, description="With `?include=iterations`")
+    kind: str = Field("run", description="`run`, or `definition` (made with `prompt_template`)")
+    definition_id: str | None = Field(None, description="An execution's definition")
+    trigger: str | None = Field(None, description="An execution's: `manual` or `schedule`")
+    name: str | None = None
+    description: str | None = None
+    definition: dict[str, Any] | None = Field(None, description="A definition's fields")
+    is_scheduled: bool | None = None
+    schedule_cron: str | None = None
+    is_active: bool | None = Field(None, description="A definition's: not paused")
+    next_run_at: datetime | None = Field(None, description="From the schedule, on a single read")
+    last_run_at: datetime | None = None
 
 
-def task_public(task: Task, iterations: list[TaskIteration] | None = None) -> TaskPublic:
+def task_public(
+    task: Task,
+    iterations: list[TaskIteration] | None = None,
+    next_run_at: datetime | None = None,
+) -> TaskPublic:
+    fields = task.definition or {}
+    definition = task.kind == "definition"
     return TaskPublic(
+        kind=task.kind,
+        definition_id=task.definition_id,
+        trigger=task.trigger,
+        name=task.name,
+        description=task.description,
+        definition=fields if definition else None,
+        is_scheduled=bool(fields.get("is_scheduled")) if definition else None,
+        schedule_cron=fields.get("schedule_cron"),
+        is_active=task.state == "active" if definition else None,
+        next_run_at=next_run_at,
+        last_run_at=task.last_run_at,
         id=task.id,
         status=task.state,
         repo_url=task.repo_url,
@@ -147,3 +175,45 @@ class CancelAnswer(BaseModel):
     id: str
     status: str = Field(description="`canceling` while the agent stops, or how it ended")
     message: str
+
+
+class ExecutionStarted(BaseModel):
+    execution_id: str
+    session_id: str = Field(description="The execution's task id: its events and stream")
+    status: str
+    started_at: datetime
+
+
+class ExecutionPublic(BaseModel):
+    id: str
+    status: TaskState
+    trigger: str | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    duration_ms: int | None
+    result: str | None
+    error: str | None
+    usage: dict[str, Any]
+
+
+def execution_public(task: Task) -> ExecutionPublic:
+    start = task.started_at or task.created_at
+    duration = (
+        int((task.completed_at - start).total_seconds() * 1000) if task.completed_at else None
+    )
+    return ExecutionPublic(
+        id=task.id,
+        status=task.state,
+        trigger=task.trigger,
+        started_at=start,
+        completed_at=task.completed_at,
+        duration_ms=duration,
+        result=task.result,
+        error=task.error,
+        usage=task.usage,
+    )
+
+
+class PauseAnswer(BaseModel):
+    id: str
+    is_active: bool

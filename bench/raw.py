@@ -73,3 +73,15 @@ class RawResult:
     async def post(self, result: str) -> str:
         self.posted = True
         return result
+
+
+@workflow.defn(name="RawOne")
+class RawOne:
+    """One activity: what a bare schedule's action starts, the baseline of a firing."""
+
+    @workflow.run
+    async def run(self) -> float:
+        started: float = await workflow.execute_activity(
+            run_true, start_to_close_timeout=timedelta(seconds=30)
+        )
+        return started

@@ -407,7 +407,10 @@ class Task(SQLModel, table=True):
     """A coding-agent task: a repository, a prompt, and the iterations an agent ran on it."""
 
     __tablename__ = "tasks"
-    __table_args__ = (sa.Index("ix_tasks_created", "created_at"),)
+    __table_args__ = (
+        sa.Index("ix_tasks_created", "created_at"),
+        sa.Index("ix_tasks_kind", "kind", "created_at"),
+    )
 
     id: str = Field(primary_key=True, max_length=100)
     state: str = Field(default="pending", max_length=30)
@@ -441,10 +444,41 @@ class Task(SQLModel, table=True):
     pr_number: int | None = None
     trace_id: str = Field(max_length=64)
     owner: str = Field(max_length=200)
+    # A definition (issue 12) is a task row of its own kind: it runs nothing itself; each of
+    # its executions is a `run` row naming it in `definition_id`.
+    kind: str = Field(default="run", max_length=20, description="`run` or `definition`")
+    name: str | None = Field(default=None, max_length=200)
+    description: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    definition: dict[str, Any] | None = Field(
+        default=None,
+        sa_column=sa.Column(sa.JSON, nullable=True),
+        description="A definition's fields (workflows/definition_spec.py)",
+    )
+    definition_id: str | None = Field(default=None, max_length=100, index=True)
+    trigger: str | None = Field(default=None, max_length=20, description="manual or schedule")
+    last_run_at: datetime | None = _when(nullable=True, default=None)
     created_at: datetime = _when(default_factory=utcnow)
     started_at: datetime | None = _when(nullable=True, default=None)
     completed_at: datetime | None = _when(nullable=True, default=None)
     updated_at: datetime = _when(default_factory=utcnow)
+
+
+class SessionTemplate(SQLModel, table=True):
+    """Reusable agent options a task definition may name and inherit."""
+
+    __tablename__ = "session_templates"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    name: str = Field(max_length=200)
+    description: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    category: str | None = Field(default=None, max_length=100, index=True)
+    sdk_options: dict[str, Any] = Field(
+        default_factory=dict, sa_column=sa.Column(sa.JSON, nullable=False)
+    )
+    default_mode: str = Field(default="interactive", max_length=50)
+    is_public: bool = False
+    owner: str = Field(max_length=200)
+    created_at: datetime = _when(default_factory=utcnow)
 
 
 class TaskIteration(SQLModel, table=True):

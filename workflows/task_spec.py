@@ -37,6 +37,9 @@ TaskState = Literal[
     "pr_created",
     "failed",
     "canceled",
+    # A task definition's: it runs nothing itself; `paused` when its schedule is.
+    "active",
+    "paused",
 ]
 TASK_ENDS = frozenset({"failed", "canceled"})
 TAKES_INSTRUCTIONS = frozenset({"completed", "awaiting_instruction", "pr_created"})
@@ -129,6 +132,15 @@ class TaskInput(BaseModel):
     webhook_backoff_seconds: list[float] = Field(default_factory=lambda: [1.0, 5.0, 25.0])
     webhook_timeout_seconds: float = 10
     place: TaskPlace | None = None
+    # An execution of a task definition (issue 12).
+    definition_id: str | None = None
+    definition_name: str | None = None
+    trigger: Literal["manual", "schedule"] | None = Field(
+        None, description="`schedule`: started by a Temporal Schedule; it records its own row"
+    )
+    allowed_tools: list[str] = Field(default_factory=list)
+    one_shot: bool = Field(False, description="Finish after the first iteration: an execution")
+    generate_report: bool = False
 
 
 class PullRequestAsk(Strict):

@@ -20,13 +20,14 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 
 with workflow.unsafe.imports_passed_through():
     from activities.agents import AgentRunIn, AgentRunOut
+    from activities.execution_records import ExecutionRecord, ReportIn
     from activities.github import PullRequest, PullRequestIn
     from activities.records import CarriesDecisions, Transition
     from activities.webhooks import WebhookIn
     from activities.workspaces import Clone, CloneIn, Published, PublishIn, ScratchIn, WorkspaceRef
     from strict import explain
     from workflows import attributes
-    from workflows.gate import WORKER_LOSSES, cause, refuse
+    from workflows.gate import RECORD_RETRY, RECORD_TIMEOUT, WORKER_LOSSES, cause, refuse
     from workflows.iterations import Instruction, IterationLoop
     from workflows.task_spec import (
         TAKES_INSTRUCTIONS,
@@ -59,6 +60,13 @@ class TaskWorkflow(IterationLoop):
     @workflow.init
     def __init__(self, task: TaskInput) -> None:
         super().__init__()
+        if task.trigger == "schedule" and task.place is None:
+            # A schedule's action is fixed when the schedule is made: the execution's id is
+            # the workflow id the schedule gives it (`<action id>-<time>`).
+            info = workflow.info()
+            task = task.model_copy(
+                update={"task_id": info.workflow_id, "trace_id": info.run_id.replace("-", "")}
+            )
         self.task = task
         self.config = TaskConfig()
         self.workspace = ""
@@ -74,11 +82,12 @@ class TaskWorkflow(IterationLoop):
         self._released = False
         self._webhooks: list[asyncio.Task[Any]] = []
         self._ended = False
+        self.last_result: str | None = None
 
     @workflow.run
     async def run(self, task: TaskInput) -> str:
         try:
-            await self._run(task)
+            await self._run(self.task)
         except asyncio.CancelledError:
             await self._canceled()
             raise
@@ -100,6 +109,8 @@ class TaskWorkflow(IterationLoop):
         except ValidationError as exc:
             await self._fail(f"invalid task: {explain(exc)}", "InvalidTask")
         if task.place is None:
+            if task.trigger == "schedule":
+                await self._record_execution(task)
             await self._open_workspace(task)
             await self.enqueue(task.prompt, task.owner)
         else:
@@ -115,6 +126,11 @@ class TaskWorkflow(IterationLoop):
                 return
             if isinstance(work, Instruction):
                 await self._iterate(task, work)
+                if task.one_shot:
+                    self.closing = True
+                    await self._report(task)
+                    await self._finish("execution", "the execution is done")
+                    return
             elif self._release is not None:
                 await self._finish(self._release, "workspace deleted")
                 return
@@ -124,13 +140,13 @@ class TaskWorkflow(IterationLoop):
     async def _open_workspace(self, task: TaskInput) -> None:
         self._set_state("cloning")
         await self._transition("git.cloning", f"cloning {task.repo_url or 'a scratch workspace'}")
-        branch = f"pilothouse/{task.task_id}"
+        branch = f"pilothouse/{workspace_name(task.task_id)}"
         try:
             if task.repo_url:
                 clone: Clone = await workflow.execute_activity(
                     "workspaces.clone",
                     CloneIn(
-                        owner_id=task.task_id,
+                        owner_id=workspace_name(task.task_id),
                         repo_url=task.repo_url,
                         credential=task.credential,
                         target_branch=self.config.target_branch,
@@ -143,7 +159,7 @@ class TaskWorkflow(IterationLoop):
             else:
                 clone = await workflow.execute_activity(
                     "workspaces.scratch",
-                    ScratchIn(owner_id=task.task_id),
+                    ScratchIn(owner_id=workspace_name(task.task_id)),
                     result_type=Clone,
                     start_to_close_timeout=GIT_TIMEOUT,
                     retry_policy=GIT_RETRY,
@@ -197,6 +213,7 @@ class TaskWorkflow(IterationLoop):
                     timeout_seconds=config.timeout_seconds,
                     idle_timeout_seconds=config.idle_timeout_seconds,
                     resource_state="running",
+                    allowed_tools=task.allowed_tools,
                 ),
                 result_type=AgentRunOut,
                 start_to_close_timeout=timedelta(seconds=config.timeout_seconds + 120),
@@ -215,6 +232,7 @@ class TaskWorkflow(IterationLoop):
             await self._iteration_failed(task, n, error, None)
         if out.session_id:
             self.agent_session_id = out.session_id
+        self.last_result = out.result
         changes = changes_summary(out)
         usage = out.usage.model_dump()
         self._add_totals(changes, usage)
@@ -284,7 +302,7 @@ class TaskWorkflow(IterationLoop):
             published: Published = await workflow.execute_activity(
                 "workspaces.publish",
                 PublishIn(
-                    owner_id=task.task_id,
+                    owner_id=workspace_name(task.task_id),
                     repo_url=task.repo_url or "",
                     credential=task.credential,
                     branch=self.branch,
@@ -337,11 +355,49 @@ class TaskWorkflow(IterationLoop):
         )
         self._notify(task, "pr_created", f"pull request #{pr.pr_number}: {pr.pr_url}", None, None)
 
+    async def _record_execution(self, task: TaskInput) -> None:
+        assert task.definition_id is not None
+        await workflow.execute_activity(
+            "records.execution",
+            ExecutionRecord(
+                task_id=task.task_id,
+                definition_id=task.definition_id,
+                owner=task.owner,
+                prompt=task.prompt,
+                repo_url=task.repo_url,
+                key_name=task.credential.id if task.credential else None,
+                config=task.config,
+                trace_id=task.trace_id,
+                trigger="schedule",
+                started_at=workflow.now(),
+            ),
+            start_to_close_timeout=RECORD_TIMEOUT,
+            retry_policy=RECORD_RETRY,
+        )
+
+    async def _report(self, task: TaskInput) -> None:
+        """With `generate_report`, the execution's result as a markdown artifact."""
+        if not task.generate_report:
+            return
+        await workflow.execute_activity(
+            "records.report",
+            ReportIn(
+                task_id=task.task_id,
+                definition_name=task.definition_name or task.definition_id or task.task_id,
+                prompt=task.prompt,
+                result=self.last_result,
+                usage=dict(self.totals.get("usage", {})),
+                finished_at=workflow.now(),
+            ),
+            start_to_close_timeout=RECORD_TIMEOUT,
+            retry_policy=RECORD_RETRY,
+        )
+
     async def _finish(self, by: str, why: str) -> None:
         """An idle or released task lets its workspace go and ends where it stood."""
         await workflow.execute_activity(
             "workspaces.delete",
-            WorkspaceRef(owner_id=self.task.task_id),
+            WorkspaceRef(owner_id=workspace_name(self.task.task_id)),
             start_to_close_timeout=timedelta(minutes=5),
             retry_policy=GIT_RETRY,
         )
@@ -572,3 +628,10 @@ def describe(totals: dict[str, Any]) -> str:
         f"{c.get('files_changed', 0)} files changed, "
         f"+{c.get('insertions', 0)} -{c.get('deletions', 0)}"
     )
+
+
+def workspace_name(task_id: str) -> str:
+    """A scheduled execution's id ends in its fire time (`…-exec-2026-11-24T09:00:00Z`);
+    neither a workspace directory nor a git branch takes its colons. Other ids pass as
+    they are."""
+    return task_id.replace(":", "")

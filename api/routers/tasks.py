@@ -23,6 +23,7 @@ from api.errors import ApiError, ErrorBody, not_found
 from api.paging import Page, PageQuery, page
 from api.route import strict_router
 from api.starts import create_and_start
+from api.task_definitions import DefinitionCreated, TaskBody, create_definition, task_view
 from api.task_models import (
     CancelAnswer,
     CreatePrBody,
@@ -39,10 +40,10 @@ from store.credentials import CredentialRef
 from store.models import Key, Task, TaskIteration
 from store.secrets import Secrets
 from store.tokens import Principal, Scope
+from workflows.definition_spec import DefinitionCreate
 from workflows.iterations import InstructIn
 from workflows.task_spec import (
     PullRequestAsk,
-    TaskCreate,
     TaskInput,
     TaskState,
 )
@@ -71,6 +72,16 @@ async def load_task(session: SessionDep, task_id: str) -> Task:
     return task
 
 
+async def load_run(session: SessionDep, task_id: str) -> Task:
+    """A task that runs: a definition has no workflow of its own to instruct or cancel."""
+    task = await load_task(session, task_id)
+    if task.kind == "definition":
+        raise ApiError(
+            409, "NOT_A_RUN", f"task {task_id} is a definition; execute it (POST /execute)"
+        )
+    return task
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -79,15 +90,20 @@ async def load_task(session: SessionDep, task_id: str) -> Task:
     responses={422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
 )
 async def create_task(
-    body: TaskCreate,
+    body: TaskBody,
     principal: Writer,
     session: SessionDep,
     temporal: TemporalDep,
     settings: SettingsDep,
     key: IdempotencyKeyDep,
-) -> TaskCreated:
-    """Clones the repository into a workspace of the task's own, on a branch
-    `pilothouse/task-…`, and runs the agent on the prompt. Follow it at `/stream`."""
+) -> TaskCreated | DefinitionCreated:
+    """With `prompt`: clones the repository into a workspace of the task's own, on a branch
+    `pilothouse/task-…`, and runs the agent on the prompt. Follow it at `/stream`.
+
+    With `prompt_template`: a task definition, run by `/execute` or by its schedule
+    (`schedule_cron`, a Temporal Schedule `task-schedule-<id>`)."""
+    if isinstance(body, DefinitionCreate):
+        return await create_definition(session, temporal, settings, principal, body, key)
     if body.provider_key is not None and await session.get(Key, body.provider_key) is None:
         raise ApiError(422, "UNKNOWN_KEY", f"provider_key: no registered key {body.provider_key!r}")
     if body.repo_url and any(
@@ -161,11 +177,22 @@ async def list_tasks(
     session: SessionDep,
     params: PageQuery,
     state: Annotated[TaskState | None, Query(description="Only tasks in this state")] = None,
+    kind: Annotated[
+        Literal["run", "definition"] | None, Query(description="Only runs, or only definitions")
+    ] = None,
+    definition_id: Annotated[
+        str | None, Query(max_length=100, description="Only this definition's executions")
+    ] = None,
 ) -> Page[TaskPublic]:
-    """Newest first, from the database."""
+    """Newest first, from the database: a definition's `last_run_at` is its last
+    execution's start; `next_run_at` is read from the schedule on a single task's read."""
     query = select(Task)
     if state:
         query = query.where(Task.state == state)
+    if kind:
+        query = query.where(Task.kind == kind)
+    if definition_id:
+        query = query.where(Task.definition_id == definition_id)
     total = (await session.exec(select(sa.func.count()).select_from(query.subquery()))).one()
     rows = await session.exec(
         query.order_by(col(Task.created_at).desc()).offset(params.skip).limit(params.limit)
@@ -178,6 +205,7 @@ async def get_task(
     task_id: TaskId,
     _: Reader,
     session: SessionDep,
+    temporal: TemporalDep,
     include: Annotated[
         Literal["iterations"] | None, Query(description="`iterations` adds each iteration")
     ] = None,
@@ -191,7 +219,7 @@ async def get_task(
             .order_by(col(TaskIteration.number))
         )
         iterations = list(rows)
-    return task_public(task, iterations)
+    return await task_view(session, temporal, task, iterations)
 
 
 @router.post(
@@ -210,7 +238,7 @@ async def instruct(
     """Starts a new iteration in the same workspace, resuming the agent's session. Only a
     task that is `completed` or `awaiting_instruction` takes one (else 409). A retried
     request with the same `Idempotency-Key` starts nothing twice."""
-    task = await load_task(session, task_id)
+    task = await load_run(session, task_id)
     if task.completed_at is not None:
         raise ApiError(409, "TASK_NOT_AWAITING", f"task {task_id} has ended ({task.state})")
     handle = temporal.get_workflow_handle(task_id)
@@ -234,7 +262,7 @@ async def cancel(
 ) -> CancelAnswer:
     """Kills the agent's process group (SIGTERM, then SIGKILL after the grace); the task
     ends `canceled`."""
-    task = await load_task(session, task_id)
+    task = await load_run(session, task_id)
     if task.completed_at is not None:
         raise ApiError(409, "TASK_ALREADY_ENDED", f"task {task_id} has ended ({task.state})")
     state = await cancels.cancel(session, temporal, "task", task_id, principal.name)
@@ -266,7 +294,7 @@ async def create_pr(
     """Commits the workspace, pushes the task's branch and opens the pull request. With
     `config.pr_gate`, a gate opens first (202): nothing leaves until it is approved, and a
     rejection leaves the task `awaiting_instruction`."""
-    task = await load_task(session, task_id)
+    task = await load_run(session, task_id)
     if task.completed_at is not None:
         raise ApiError(409, "TASK_NOT_READY", f"task {task_id} has ended ({task.state})")
     handle = temporal.get_workflow_handle(task_id)
