@@ -30,6 +30,8 @@ bench: install
 	$(BIN)/python -m bench.runs
 	$(BIN)/python -m bench.telegram
 	$(BIN)/python -m bench.schedules
+	$(BIN)/python -m bench.tasks
+	$(BIN)/python -m bench.workspaces
 
 clean:
 	rm -rf $(VENV) .pilothouse .pytest_cache .mypy_cache .ruff_cache
