@@ -16,10 +16,10 @@ from sqlmodel import col, select
 
 from api.auth import require
 from api.deps import IdempotencyKeyDep, SessionDep, SettingsDep
-from api.errors import ApiError, ErrorBody, not_found
+from api.errors import ErrorBody
+from api.named_rows import create_named, delete_named
 from api.paging import Page, PageQuery, page
 from api.route import strict_router
-from store import idempotency
 from store.models import Key
 from store.secrets import Secrets
 from store.tokens import Principal, Scope
@@ -81,49 +81,21 @@ async def create_key(
     key: IdempotencyKeyDep,
 ) -> KeyPublic:
     """Encrypts the token at rest. The answer, like every later one, redacts it."""
-    scope = "keys"
-    # A digest of the body, token included: equal requests match, and nothing is readable.
-    print_ = idempotency.fingerprint(body.model_dump(mode="json"))
-    try:
-        if key and (
-            earlier := await idempotency.find(session, scope, principal.token_id, key, print_)
-        ):
-            return await _existing(session, earlier)
-        if await session.get(Key, body.name) is not None:
-            raise _exists(body.name)
-        row = Key(
+    row = await create_named(
+        session,
+        principal,
+        key,
+        body,
+        table=Key,
+        name=body.name,
+        kind="key",
+        new_row=lambda: Key(
             name=body.name,
             provider=body.provider,
             token=Secrets.of(settings).encrypt(body.token),
             created_by=principal.name,
-        )
-        session.add(row)
-        try:
-            await session.flush()
-        except sa.exc.IntegrityError:
-            raise _exists(body.name) from None
-        if key:
-            winner = await idempotency.claim(
-                session, scope, principal.token_id, key, print_, row.name
-            )
-            if winner != row.name:
-                return await _existing(session, winner)
-        await session.commit()
-    except idempotency.KeyReused:
-        raise ApiError(
-            422, "IDEMPOTENCY_KEY_REUSED", "header.Idempotency-Key: used before with another body"
-        ) from None
-    return _public(row)
-
-
-def _exists(name: str) -> ApiError:
-    return ApiError(409, "KEY_EXISTS", f"name: a key is named {name!r}")
-
-
-async def _existing(session: SessionDep, name: str) -> KeyPublic:
-    row = await session.get(Key, name)
-    if row is None:
-        raise not_found("key", name)
+        ),
+    )
     return _public(row)
 
 
@@ -147,8 +119,4 @@ async def list_keys(
 )
 async def delete_key(name: KeyName, _: Writer, session: SessionDep) -> None:
     """Forgets the key and its encrypted token; a task can no longer name it."""
-    row = await session.get(Key, name)
-    if row is None:
-        raise not_found("key", name)
-    await session.delete(row)
-    await session.commit()
+    await delete_named(session, Key, "key", name)

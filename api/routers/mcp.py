@@ -13,11 +13,11 @@ from sqlmodel import col, select
 
 from api.auth import require
 from api.deps import IdempotencyKeyDep, SessionDep
-from api.errors import ApiError, ErrorBody, not_found
+from api.errors import ErrorBody
+from api.named_rows import create_named, delete_named
 from api.paging import Page, PageQuery, page
 from api.route import strict_router
 from settings import LIMITS
-from store import idempotency
 from store.models import McpServer
 from store.tokens import Principal, Scope
 from strict import Strict, Text
@@ -82,43 +82,16 @@ async def create_server(
     body: McpServerCreate, principal: Writer, session: SessionDep, key: IdempotencyKeyDep
 ) -> McpServerPublic:
     """Every task's agent started from now on gets it, while it is enabled."""
-    scope = "mcp_servers"
-    print_ = idempotency.fingerprint(body.model_dump(mode="json"))
-    try:
-        if key and (
-            earlier := await idempotency.find(session, scope, principal.token_id, key, print_)
-        ):
-            return await _existing(session, earlier)
-        if await session.get(McpServer, body.name) is not None:
-            raise _exists(body.name)
-        row = McpServer(**body.model_dump(), created_by=principal.name)
-        session.add(row)
-        try:
-            await session.flush()
-        except sa.exc.IntegrityError:
-            raise _exists(body.name) from None
-        if key:
-            winner = await idempotency.claim(
-                session, scope, principal.token_id, key, print_, row.name
-            )
-            if winner != row.name:
-                return await _existing(session, winner)
-        await session.commit()
-    except idempotency.KeyReused:
-        raise ApiError(
-            422, "IDEMPOTENCY_KEY_REUSED", "header.Idempotency-Key: used before with another body"
-        ) from None
-    return _public(row)
-
-
-def _exists(name: str) -> ApiError:
-    return ApiError(409, "MCP_SERVER_EXISTS", f"name: an MCP server is named {name!r}")
-
-
-async def _existing(session: SessionDep, name: str) -> McpServerPublic:
-    row = await session.get(McpServer, name)
-    if row is None:
-        raise not_found("mcp_server", name)
+    row = await create_named(
+        session,
+        principal,
+        key,
+        body,
+        table=McpServer,
+        name=body.name,
+        kind="mcp_server",
+        new_row=lambda: McpServer(**body.model_dump(), created_by=principal.name),
+    )
     return _public(row)
 
 
@@ -142,8 +115,4 @@ async def list_servers(
 )
 async def delete_server(name: ServerName, _: Writer, session: SessionDep) -> None:
     """Agents started from now on no longer get it."""
-    row = await session.get(McpServer, name)
-    if row is None:
-        raise not_found("mcp_server", name)
-    await session.delete(row)
-    await session.commit()
+    await delete_named(session, McpServer, "mcp_server", name)
