@@ -83,9 +83,7 @@ async def get_workspaces(
     },
 )
 async def delete_workspace(
-    task_id: Annotated[
-        str, Path(max_length=LIMITS.max_name_chars, pattern=f"^{OWNER_ID.pattern}$")
-    ],
+    task_id: WorkspaceId,
     principal: Writer,
     session: SessionDep,
     settings: SettingsDep,
