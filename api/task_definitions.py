@@ -15,6 +15,7 @@ from temporalio.client import Client
 
 from api import definitions, schedules
 from api.errors import ApiError, not_found
+from api.repositories import check_repository
 from api.task_models import TaskPublic, task_public
 from settings import Settings
 from store import events, idempotency
@@ -63,6 +64,7 @@ async def create_definition(
         earlier = key and await idempotency.find(session, "task", principal.token_id, key, print_)
         row = await session.get(Task, earlier) if earlier else None
         if row is None:
+            check_repository(body.repo_url, settings)
             row = await definitions.new_definition(session, principal, body)
             session.add(row)
             await session.flush()

@@ -173,7 +173,7 @@ async def test_patch_changes_the_schedule(
 
 
 async def test_bad_input_is_refused_naming_the_field(
-    admin: httpx.AsyncClient, worker: object, client: Client
+    api: Api, admin: httpx.AsyncClient, worker: object, client: Client
 ) -> None:
     async def refused(body: dict[str, Any], field: str) -> None:
         answer = await admin.post("/api/v1/tasks", json={**DAILY, **body})
@@ -189,6 +189,9 @@ async def test_bad_input_is_refused_naming_the_field(
     await refused({"schedul_cron": "0 9 * * *"}, "schedule_cron")
     await refused({"sdk_options": {"max_turn": 3}}, "max_turns")
     await refused({"template_id": "nope"}, "template_id")
+    # A definition names its repository as a task does: no token in it, none of ours.
+    await refused({"repo_url": "https://ghp_secret123@github.com/o/r.git"}, "repo_url")
+    await refused({"repo_url": str(api.settings.workspaces_dir / "task-x")}, "repo_url")
     listed = (await admin.get("/api/v1/tasks", params={"kind": "definition"})).json()
     assert listed["total"] == 0, "nothing refused was kept"
     # A key whose first request Temporal refused is free for a corrected one.

@@ -11,8 +11,7 @@ from pydantic import AfterValidator, Field, model_validator
 
 from settings import LIMITS
 from strict import Name, Strict, Text
-from workflows.run_spec import REPOSITORY
-from workflows.task_spec import PermissionMode
+from workflows.task_spec import PermissionMode, RepoUrl
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]{0,99})\s*\}\}")
 Overlap = Literal["skip", "buffer_one", "allow_all", "cancel_other", "terminate_other"]
@@ -111,9 +110,7 @@ class DefinitionCreate(Strict):
     allowed_tools: list[Tool] = Field(default_factory=list, max_length=100)
     sdk_options: SdkOptions = Field(default_factory=SdkOptions)
     template_id: Name | None = Field(None, description="A session template to inherit from")
-    repo_url: str | None = Field(
-        None, max_length=LIMITS.max_url_chars, pattern=REPOSITORY, description="Else scratch"
-    )
+    repo_url: RepoUrl | None = Field(None, description="Else scratch")
     provider_key: Name | None = None
     is_scheduled: bool | None = Field(None, description="By default, whether a cron is given")
     schedule_cron: Cron | None = None

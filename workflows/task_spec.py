@@ -27,6 +27,20 @@ Branch = Annotated[
     str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}$"), AfterValidator(_branch)
 ]
 WEB_URL = r"^https?://[^\s]+$"
+
+
+def _no_credentials(url: str) -> str:
+    # A token in the URL would be kept and shown with it: credentials go apart.
+    if re.match(r"^(https?|git|file)://[^/]*@", url):
+        raise ValueError("no user or token in the URL; give access_token or provider_key")
+    return url
+
+
+RepoUrl = Annotated[
+    str,
+    Field(max_length=LIMITS.max_url_chars, pattern=REPOSITORY),
+    AfterValidator(_no_credentials),
+]
 TaskState = Literal[
     "pending",
     "cloning",
@@ -71,10 +85,8 @@ class TaskConfig(Strict):
 class TaskCreate(Strict):
     """The coding-agent task request (`POST /api/v1/tasks`)."""
 
-    repo_url: str | None = Field(
+    repo_url: RepoUrl | None = Field(
         None,
-        max_length=LIMITS.max_url_chars,
-        pattern=REPOSITORY,
         description="The repository: an https, ssh or git URL, or a local path; "
         "a scratch workspace when absent",
     )
@@ -90,9 +102,6 @@ class TaskCreate(Strict):
 
     @model_validator(mode="after")
     def _one_credential(self) -> TaskCreate:
-        # A token in the URL would be kept and shown with it: credentials go apart.
-        if self.repo_url and re.match(r"^(https?|git|file)://[^/]*@", self.repo_url):
-            raise ValueError("repo_url: no user or token in the URL; give access_token")
         if self.access_token is not None and self.provider_key is not None:
             raise ValueError("give access_token or provider_key, not both")
         token = self.access_token.get_secret_value() if self.access_token else ""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
@@ -21,6 +20,7 @@ from api.decisions import updating
 from api.deps import IdempotencyKeyDep, NewWorkAllowed, SessionDep, SettingsDep, TemporalDep
 from api.errors import ApiError, ErrorBody, not_found
 from api.paging import Page, PageQuery, page
+from api.repositories import check_repository
 from api.route import strict_router
 from api.starts import create_and_start
 from api.task_definitions import DefinitionCreated, TaskBody, create_definition, task_view
@@ -106,13 +106,7 @@ async def create_task(
         return await create_definition(session, temporal, settings, principal, body, key)
     if body.provider_key is not None and await session.get(Key, body.provider_key) is None:
         raise ApiError(422, "UNKNOWN_KEY", f"provider_key: no registered key {body.provider_key!r}")
-    if body.repo_url and any(
-        inside(body.repo_url, d) for d in (settings.mirrors_dir, settings.workspaces_dir)
-    ):
-        # Mirrors and other tasks' workspaces: fetched with others' tokens.
-        raise ApiError(
-            422, "REPOSITORY_NOT_ALLOWED", "repo_url: a mirror or workspace of Pilothouse's own"
-        )
+    check_repository(body.repo_url, settings)
     task_id = f"task-{uuid.uuid4()}"
     credential = (
         Secrets.of(settings).encrypt(body.access_token.get_secret_value())
@@ -321,11 +315,3 @@ async def create_pr(
         )
     assert answer.pr_url is not None and answer.pr_number is not None
     return PrCreated(pr_url=answer.pr_url, pr_number=answer.pr_number, branch=answer.branch)
-
-
-def inside(repo_url: str, data_dir: Path) -> bool:
-    """Whether a local repository (a path or a file:// URL) lies in `data_dir`."""
-    path = repo_url.removeprefix("file://")
-    if not path.startswith("/"):
-        return False
-    return Path(path).resolve().is_relative_to(data_dir.resolve())

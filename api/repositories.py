@@ -1,0 +1,24 @@
+"""What a task may name as its repository, beyond its shape (`task_spec.RepoUrl`): never a
+mirror or a workspace of Pilothouse's own, which hold what others' tokens fetched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from api.errors import ApiError
+from settings import Settings
+
+
+def check_repository(repo_url: str | None, settings: Settings) -> None:
+    if repo_url and any(
+        _inside(repo_url, d) for d in (settings.mirrors_dir, settings.workspaces_dir)
+    ):
+        raise ApiError(
+            422, "REPOSITORY_NOT_ALLOWED", "repo_url: a mirror or workspace of Pilothouse's own"
+        )
+
+
+def _inside(repo_url: str, root: Path) -> bool:
+    """Whether a local repository (a path or a file:// URL) lies under `root`."""
+    path = repo_url.removeprefix("file://")
+    return path.startswith("/") and Path(path).resolve().is_relative_to(root.resolve())
