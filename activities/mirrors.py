@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import os
 import re
@@ -17,11 +16,10 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from activities.file_locks import locked
 from activities.git import REMOTE, git, run_git, workspace_error
 from settings import Settings
 from store import credentials
-
-LOCK_POLL_S = 0.05
 
 
 def mirror_path(settings: Settings, url: str) -> Path:
@@ -76,7 +74,7 @@ async def _mirror(
     mirrors, key = mirror.parent, mirror.name.removesuffix(".git")
     await asyncio.to_thread(mirrors.mkdir, parents=True, exist_ok=True)
     env = credentials.git_env(settings.data_dir, token)
-    async with _locked(mirrors / f"{key}.lock"):
+    async with locked(mirrors / f"{key}.lock"):
         if await asyncio.to_thread((mirror / "HEAD").is_file):
             await git(
                 mirror, *REMOTE, "fetch", "--quiet", "--prune", "origin", env=env, secret=token
@@ -116,20 +114,3 @@ async def _mirror(
             await git(aside, "config", "--add", "remote.origin.fetch", "+refs/tags/*:refs/tags/*")
             await asyncio.to_thread(os.rename, aside, mirror)
         yield mirror
-
-
-@contextlib.asynccontextmanager
-async def _locked(path: Path) -> AsyncIterator[None]:
-    """An exclusive lock on a file, across processes and within one (flock locks belong to
-    an open file). Polled, so a canceled waiter leaves no thread behind holding it."""
-    fd = await asyncio.to_thread(os.open, path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                await asyncio.sleep(LOCK_POLL_S)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock

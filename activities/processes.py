@@ -42,6 +42,8 @@ async def supervise(
     """Heartbeat until the leader exits; stop the group on a cancel, the timeout, or
     (with `heard`) a silence of `idle_seconds`."""
     deadline = time.monotonic() + timeout_seconds if timeout_seconds else None
+    # A local activity has no heartbeat: its cancel comes straight from the workflow.
+    beat = not activity.info().is_local
 
     def quiet_until() -> float | None:
         if heard is None or idle_seconds is None:
@@ -50,7 +52,8 @@ async def supervise(
 
     try:
         while True:
-            activity.heartbeat()
+            if beat:
+                activity.heartbeat()
             ends = [t for t in (deadline, quiet_until()) if t is not None]
             wait = min([HEARTBEAT_S, *(t - time.monotonic() for t in ends)])
             try:

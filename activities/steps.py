@@ -20,18 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+import sqlalchemy as sa
 from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import work_trees
+from activities import step_runs, work_trees
 from activities.processes import Heard, stop_orphan, supervise, write_pgid_file
 from activities.records import CarriesDecisions, write_carried
 from activities.step_logs import close_pumps, describe_file, pump
 from activities.work_trees import Diff
 from store import events, resources
 from store.engine import Database
-from store.models import Artifact
+from store.models import Artifact, StepRun
 
 # What a step inherits from the worker; everything else (database URLs, tokens) stays out.
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "SHELL")
@@ -84,6 +85,20 @@ class Streaming:
 
 
 @dataclass
+class Ran:
+    """What one attempt came to, for the record."""
+
+    relative: Path
+    path: Path
+    exit_code: int
+    outcome: str  # succeeded | failed | timed_out | idle | canceled
+    duration_ms: int
+    attempt: int
+    diff: Diff | None
+    key: str | None
+
+
+@dataclass
 class Executed:
     result: StepResult
     outcome: str  # succeeded | failed | timed_out | idle
@@ -128,6 +143,7 @@ class Steps:
         """Run the step and record it; its outcome is returned, only a cancel raises.
         `shown_argv` is what `stage_started` shows instead of the argv (redactions)."""
         attempt = activity.info().attempt
+        key = step_runs.key()
         slug = stage_slug(step.stage)
         relative = Path(step.resource_id) / f"{slug}-{attempt}-{uuid.uuid4().hex[:8]}.log"
         path = self.artifacts_dir / relative
@@ -135,17 +151,25 @@ class Steps:
         pgid_file = path.parent / f".{slug}.pgid"
         if pgid_file.exists():
             await asyncio.to_thread(stop_orphan, pgid_file)
-        await self._started(step, attempt, step.argv if shown_argv is None else shown_argv)
+        shown = step.argv if shown_argv is None else shown_argv
+        earlier = await self._started(step, attempt, shown, key)
+        if earlier is not None:
+            result = StepResult.model_validate(earlier.result)
+            return Executed(result=result, outcome=earlier.outcome, attempt=earlier.attempt)
         before = await work_trees.snapshot(Path(step.cwd)) if step.diff and step.cwd else None
         started = time.monotonic()
         outcome = "failed"
         exit_code = NOT_STARTABLE
+        diff: Diff | None = None
         try:
             with path.open("wb") as out:
                 if streaming is None:
                     exit_code, outcome = await self._execute(step, out, pgid_file)
                 else:
                     exit_code, outcome = await self._stream(step, out, pgid_file, streaming)
+            if before is not None and step.cwd:
+                patch = relative.parent / "patches" / f"{slug}-{attempt}.patch"
+                diff = await work_trees.changes(Path(step.cwd), before, self.artifacts_dir, patch)
         except asyncio.CancelledError:
             outcome = "canceled"
             raise
@@ -154,14 +178,8 @@ class Steps:
                 # What the sink still holds goes before `step_finished`.
                 await asyncio.shield(streaming.sink.drain())
             duration_ms = int((time.monotonic() - started) * 1000)
-            result = await asyncio.shield(
-                self._record(step, relative, path, exit_code, outcome, duration_ms, attempt)
-            )
-        if before is not None and step.cwd:
-            patch = relative.parent / "patches" / f"{slug}-{attempt}.patch"
-            result.diff = await work_trees.changes(
-                Path(step.cwd), before, self.artifacts_dir, patch
-            )
+            ran = Ran(relative, path, exit_code, outcome, duration_ms, attempt, diff, key)
+            result = await asyncio.shield(self._record(step, ran))
         return Executed(result=result, outcome=outcome, attempt=attempt)
 
     async def _execute(self, step: StepInput, out: BinaryIO, pgid_file: Path) -> tuple[int, str]:
@@ -222,10 +240,22 @@ class Steps:
         await asyncio.to_thread(write_pgid_file, pgid_file, process.pid)
         return process
 
-    async def _started(self, step: StepInput, attempt: int, argv: list[str]) -> None:
+    async def _started(
+        self, step: StepInput, attempt: int, argv: list[str], key: str | None
+    ) -> StepRun | None:
+        """Record the start; for a local step that ended before a replay, that end instead
+        (nothing is written then, and nothing runs)."""
         async with self.db.session() as session:
-            # The decision that let this stage start comes first in the log.
-            await write_carried(session, step)
+            first = True
+            if key is not None:
+                begun = await step_runs.begin(session, key, attempt)
+                if begun.earlier is not None:
+                    return begun.earlier
+                first = begun.first
+            # The decision that let this stage start comes first in the log; a local step
+            # run again after a lost worker has written it already.
+            if first:
+                await write_carried(session, step)
             await resources.set_fields(
                 session,
                 step.resource_kind,
@@ -245,42 +275,42 @@ class Steps:
                 payload={"stage": step.stage, "attempt": attempt, "argv": argv},
             )
             await session.commit()
+        return None
 
-    async def _record(
-        self,
-        step: StepInput,
-        relative: Path,
-        path: Path,
-        exit_code: int,
-        outcome: str,
-        duration_ms: int,
-        attempt: int,
-    ) -> StepResult:
-        size, checksum, tail = await asyncio.to_thread(describe_file, path, step.tail_lines)
+    async def _record(self, step: StepInput, ran: Ran) -> StepResult:
+        size, checksum, tail = await asyncio.to_thread(describe_file, ran.path, step.tail_lines)
         artifact = Artifact(
             resource_kind=step.resource_kind,
             resource_id=step.resource_id,
             stage=step.stage,
             kind="log",
-            path=str(relative),
+            path=str(ran.relative),
             size_bytes=size,
             checksum_sha256=checksum,
         )
         result = StepResult(
-            exit_code=exit_code, artifact_id=artifact.id, tail=tail, duration_ms=duration_ms
+            exit_code=ran.exit_code,
+            artifact_id=artifact.id,
+            tail=tail,
+            duration_ms=ran.duration_ms,
+            diff=ran.diff,
         )
         async with self.db.session() as session:
-            session.add(artifact)
+            await session.exec(sa.insert(resources.core(Artifact)).values(**artifact.model_dump()))
             await events.append(
                 session,
                 step.resource_kind,
                 step.resource_id,
                 "step_finished",
                 stage=step.stage,
-                status=outcome,
-                message=f"{step.stage}: {outcome} (exit {exit_code})",
-                payload={**result.model_dump(), "attempt": attempt},
+                status=ran.outcome,
+                message=f"{step.stage}: {ran.outcome} (exit {ran.exit_code})",
+                payload={**result.model_dump(exclude={"diff"}), "attempt": ran.attempt},
             )
+            if ran.key is not None:
+                await step_runs.end(
+                    session, ran.key, ran.attempt, ran.outcome, result.model_dump(mode="json")
+                )
             await session.commit()
         return result
 

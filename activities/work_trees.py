@@ -8,13 +8,16 @@ started from (`summary`).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from activities.file_locks import locked
 from activities.git import CHECKOUT, DIFF, git, run_git, workspace_error
 
 PATCH_EXCERPT_BYTES = 8 * 1024
@@ -35,9 +38,14 @@ class ChangesSummary(BaseModel):
 
 
 async def snapshot(path: Path) -> str:
-    """The work tree as it is, as a git tree id. Touches no branch and no commit."""
-    await git(path, "add", "--all")
-    return (await git(path, "write-tree")).strip()
+    """The work tree as it is, as a git tree id. Touches no branch and no commit. Steps
+    that run at once in one work tree (a parallel tier's phases) take turns: git's index
+    has one lock."""
+    # The lock file lives outside the tree: a user's workdir is theirs, and not ours to litter.
+    name = hashlib.sha256(str(path).encode()).hexdigest()[:24]
+    async with locked(Path(tempfile.gettempdir()) / f"pilothouse-snapshot-{name}.lock"):
+        await git(path, "add", "--all")
+        return (await git(path, "write-tree")).strip()
 
 
 def _numstat(text: str) -> tuple[list[str], int, int]:
@@ -54,6 +62,8 @@ def _numstat(text: str) -> tuple[list[str], int, int]:
 async def changes(path: Path, before: str, artifacts: Path, patch_file: Path) -> Diff:
     """What changed in the work tree since `before`; the patch goes to `artifacts/patch_file`."""
     after = await snapshot(path)
+    if after == before:
+        return Diff()
     files, added, removed = _numstat(await git(path, *DIFF, "--numstat", before, after))
     if not files:
         return Diff()

@@ -126,6 +126,20 @@ class Artifact(SQLModel, table=True):
     created_at: datetime = _when(default_factory=utcnow)
 
 
+class StepRun(SQLModel, table=True):
+    """One attempt of a step, by the activity that ran it: a step that finished is never run
+    again. A local activity that finished is in Temporal's history only once its workflow
+    task completes; after a worker is lost, the replay finds its result here instead."""
+
+    __tablename__ = "step_runs"
+
+    key: str = Field(primary_key=True, max_length=200, description="Workflow run and activity")
+    attempt: int = Field(primary_key=True)
+    outcome: str = Field(max_length=20, description="started, succeeded, failed or timed_out")
+    result: dict[str, Any] | None = Field(default=None, sa_column=sa.Column(sa.JSON))
+    created_at: datetime = _when(default_factory=utcnow)
+
+
 class Job(SQLModel, table=True):
     """A pipeline job: its stages run in order, each followed by its gate."""
 

@@ -27,6 +27,12 @@ PARTS: dict[tuple[str, str], tuple[type[SQLModel], str, str]] = {
 }
 
 
+def core(table: type[SQLModel]) -> sa.Table:
+    """A model's table for plain statements: an UPDATE through the ORM class first looks
+    for loaded objects to keep in step, which costs more than the statement here."""
+    return SQLModel.metadata.tables[str(table.__tablename__)]
+
+
 def columns(table: type[SQLModel], values: dict[str, Any]) -> dict[str, Any]:
     """Values as their columns take them: workflows send times as ISO-8601 text."""
     out = dict(values)
@@ -46,7 +52,7 @@ async def set_fields(session: AsyncSession, kind: str, resource_id: str, **value
     if table is None:
         return
     await session.exec(
-        sa.update(table)
+        sa.update(core(table))
         .where(sa.column("id") == resource_id)
         .values(**columns(table, values), updated_at=utcnow())
     )
@@ -84,7 +90,7 @@ async def set_parts(
         if "updated_at" in table.model_fields:
             values = {**values, "updated_at": utcnow()}
         await session.exec(
-            sa.update(table)
+            sa.update(core(table))
             .where(sa.column(owner) == resource_id, sa.column(key) == key_value)
             .values(**values)
         )

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -152,6 +153,49 @@ async def test_a_worker_killed_mid_stage_finishes_the_job(
             job = await wait_state(admin, job_id, "completed", seconds=90)
             assert job["state"] == "completed"
             assert 1 <= len(runs.read_text().splitlines()) <= 2
+    finally:
+        worker.stop()
+
+
+@pytest.mark.parametrize("stage_timeout", [10, None], ids=["short-local", "open-ended"])
+async def test_a_worker_killed_mid_pipeline_runs_no_finished_stage_again(
+    own_stack: tuple[DevServer, Settings], tmp_path: Path, stage_timeout: float | None
+) -> None:
+    """Each stage counts its runs in a file of its own. Short stages run as local
+    activities, whose ends reach Temporal's history only with their workflow task: the
+    replay after the kill must find them in the step runs, not run them again."""
+    server, settings = own_stack
+    await server.start()
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    count = f'echo ran >> {counts}/"$PILOTHOUSE_STAGE"'
+    extra: dict[str, Any] = {} if stage_timeout is None else {"timeout_seconds": stage_timeout}
+    names = [f"s{i}" for i in range(10)]
+    stages = [stage(name, "sh", "-c", count, **extra) for name in names]
+    stages[6] = stage("s6", "sh", "-c", f"{count}; sleep 3", **extra)
+    worker = WorkerProcess(settings)
+    worker.start()
+    try:
+        async with admin_client(settings) as admin:
+            job_id = await create_job(admin, *stages)
+            await wait_lines(counts / "s6", 1)
+            worker.kill()
+            worker.start()
+            job = await wait_state(admin, job_id, "completed", seconds=90)
+            assert job["state"] == "completed"
+            runs = {name: len((counts / name).read_text().splitlines()) for name in names}
+            # Only the stage that was running when the worker died may run twice.
+            assert {n: c for n, c in runs.items() if n != "s6"} == {
+                n: 1 for n in names if n != "s6"
+            }
+            assert runs["s6"] in (1, 2)
+            page = (await admin.get(f"/api/v1/jobs/{job_id}/events", params={"limit": 500})).json()
+            succeeded = [
+                e["stage"]
+                for e in page["items"]
+                if e["type"] == "step_finished" and e["status"] == "succeeded"
+            ]
+            assert sorted(succeeded) == names
     finally:
         worker.stop()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -261,12 +262,16 @@ async def test_a_failing_step_fails_the_job(admin: httpx.AsyncClient) -> None:
     assert types[-1] == "job_failed" and "never" not in str(types)
 
 
+@pytest.mark.parametrize("stage_timeout", [10, None], ids=["short-local", "open-ended"])
 async def test_cancel_kills_the_running_step(
-    api: Api, admin: httpx.AsyncClient, client: Client, tmp_path: Path
+    api: Api, admin: httpx.AsyncClient, client: Client, tmp_path: Path, stage_timeout: float | None
 ) -> None:
+    """A short stage (a local activity) is canceled as an ordinary one is, before its own
+    timeout would have ended it `failed`."""
     pidfile = tmp_path / "pid"
+    extra: dict[str, Any] = {} if stage_timeout is None else {"timeout_seconds": stage_timeout}
     job_id = await create_job(
-        admin, stage("long", "sh", "-c", f"echo $$ > {pidfile}; exec sleep 60")
+        admin, stage("long", "sh", "-c", f"echo $$ > {pidfile}; exec sleep 60", **extra)
     )
     await wait_state(admin, job_id, "running")
     deadline = time.monotonic() + 20
@@ -287,6 +292,40 @@ async def test_cancel_kills_the_running_step(
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
     assert described.status == WorkflowExecutionStatus.CANCELED
+
+
+async def test_short_stages_keep_their_timeouts_and_retries(
+    admin: httpx.AsyncClient, client: Client, tmp_path: Path
+) -> None:
+    """Stages that declare a short timeout run as local activities; their retries, their
+    timeout and their record are those of any stage."""
+    flaky, broken = tmp_path / "flaky", tmp_path / "broken"
+    third_time = f"echo run >> {flaky}; [ $(wc -l < {flaky}) -ge 3 ]"
+    recovers = await create_job(
+        admin, stage("flaky", "sh", "-c", third_time, retries=2, timeout_seconds=5)
+    )
+    gives_up = await create_job(
+        admin,
+        stage("broken", "sh", "-c", f"echo run >> {broken}; exit 3", retries=1, timeout_seconds=5),
+    )
+    slow = await create_job(admin, stage("slow", "sleep", "30", timeout_seconds=1))
+    assert (await wait_state(admin, recovers, "completed"))["state"] == "completed"
+    assert len(flaky.read_text().splitlines()) == 3
+    failed = await wait_state(admin, gives_up, "failed")
+    assert "exited with status 3" in failed["error"]
+    assert len(broken.read_text().splitlines()) == 2
+    timed_out = await wait_state(admin, slow, "failed", seconds=30)
+    assert "timed out after 1.0 s" in timed_out["error"]
+    types = await event_types(admin, recovers)
+    assert types.count("stage_started") == types.count("step_finished") == 3
+    # The markers of the local activities name their stage in the Temporal UI.
+    history = await client.get_workflow_handle(recovers).fetch_history()
+    markers = [
+        e
+        for e in history.events
+        if e.marker_recorded_event_attributes.marker_name == "core_local_activity"
+    ]
+    assert markers and all(b"flaky" in e.user_metadata.summary.data for e in markers)
 
 
 async def test_artifacts_list_and_download(admin: httpx.AsyncClient) -> None:

@@ -195,19 +195,26 @@ class Gated:
         self._deferred: list[Transition] = []
         self._messages: dict[str, Messages] = {}
         self._notices: list[asyncio.Task[None]] = []
+        # Set by an Update's handler: the workflow task that answers it must not also hold
+        # a local activity (`workflows/step_calls.py`), or the caller waits for that too.
+        self.answered_update = False
 
     # --- activities that write ---------------------------------------------------------
 
-    async def carrying(self, activity: str, fact: CarriesDecisions, **options: Any) -> Any:
-        """Run an activity that writes, handing it the decisions not yet recorded and the
-        deferred transitions. Decisions stay pending until an activity that carried them has
-        succeeded; carrying one twice is harmless, as the writer skips one it finds."""
+    async def carrying(
+        self, activity: str, fact: CarriesDecisions, *, local: bool = False, **options: Any
+    ) -> Any:
+        """Run an activity that writes (`local`: as a local activity), handing it the
+        decisions not yet recorded and the deferred transitions. Decisions stay pending
+        until an activity that carried them has succeeded; carrying one twice is harmless,
+        as the writer skips one it finds."""
         carried = list(self._unrecorded)
         fact.decisions = carried
         # Deferred transitions are not idempotent: each goes to one activity only (its
         # retries carry the same input), so two running at once never both write one.
         fact.facts, self._deferred = self._deferred, []
-        result = await workflow.execute_activity(activity, fact, **options)
+        execute = workflow.execute_local_activity if local else workflow.execute_activity
+        result = await execute(activity, fact, **options)
         written = {d.id for d in carried}
         self._unrecorded = [d for d in self._unrecorded if d.id not in written]
         return result
@@ -318,6 +325,7 @@ class Gated:
         # so the handler checks again, and settles before its first await.
         gate = self._check(d)
         gate.settle(d)
+        self.answered_update = True
         await self._keep(gate, d, workflow.current_update_info())
         return DecisionOut(
             gate_id=gate.id,

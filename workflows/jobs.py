@@ -9,21 +9,20 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from activities.records import CarriesDecisions, Transition
-    from activities.steps import StepInput, StepResult
+    from activities.steps import StepInput
     from settings import LIMITS
     from strict import Params, PathText, Strict, Text, check_json, explain
     from workflows import attributes
-    from workflows.gate import WORKER_LOSSES, GateConfig, Gated
+    from workflows.gate import GateConfig, Gated
+    from workflows.step_calls import run_step
 
 STAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,199}$"
@@ -228,8 +227,8 @@ class JobWorkflow(Gated):
         """Run one stage's command; the error text when it failed, else None."""
         self._set_state("running", stage.name)
         try:
-            await self.carrying(
-                "steps.run",
+            await run_step(
+                self,
                 StepInput(
                     resource_kind=self.kind,
                     resource_id=job.job_id,
@@ -241,18 +240,9 @@ class JobWorkflow(Gated):
                     retries=stage.retries,
                     kill_grace_seconds=job.kill_grace_seconds,
                 ),
-                result_type=StepResult,
-                start_to_close_timeout=timedelta(
-                    seconds=(stage.timeout_seconds or 7 * 24 * 3600) + job.kill_grace_seconds + 30
-                ),
-                heartbeat_timeout=timedelta(seconds=job.heartbeat_timeout_seconds),
-                # The activity makes a failing command non-retryable once its own retries
-                # are spent; the extra attempts here are for lost workers.
-                retry_policy=RetryPolicy(
-                    maximum_attempts=stage.retries + 1 + WORKER_LOSSES,
-                    initial_interval=timedelta(seconds=1),
-                ),
-                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                heartbeat_timeout_s=job.heartbeat_timeout_seconds,
+                open_ended_s=7 * 24 * 3600,
+                margin_s=30,
             )
         except ActivityError as err:
             if is_cancelled_exception(err):
@@ -310,6 +300,7 @@ class JobWorkflow(Gated):
     async def resume(self, request: ResumeIn) -> ResumeOut:
         self._check_paused()
         self._resume = request
+        self.answered_update = True
         return ResumeOut(state="running", stage=self.stage)
 
     @resume.validator

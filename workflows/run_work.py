@@ -13,14 +13,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from activities.records import IssueFact, Transition
     from activities.steps import StepInput, StepResult
     from workflows import attributes
-    from workflows.gate import WORKER_LOSSES, Gated, cause, refuse
+    from workflows.gate import Gated, cause, refuse
     from workflows.run_results import (
         AuditorResult,
         BuilderResult,
@@ -29,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         PhaseState,
     )
     from workflows.run_spec import CommandExecutor, PhaseSpec
+    from workflows.step_calls import run_step
 
 DONE = ("COMPLETE", "FAILED", "SKIPPED")
 
@@ -249,8 +249,8 @@ class PhaseWork(Gated):
         """Run a builder's or auditor's command: its result, also when the command failed
         (a non-zero `exit_code`; the failure carries the result), or why it did not run."""
         try:
-            result: StepResult = await self.carrying(
-                "steps.run",
+            result = await run_step(
+                self,
                 StepInput(
                     resource_kind=self.kind,
                     resource_id=self.run_id,
@@ -264,15 +264,9 @@ class PhaseWork(Gated):
                     resource_state="PHASE_EXECUTION",
                     parts=parts,
                 ),
-                result_type=StepResult,
-                start_to_close_timeout=timedelta(
-                    seconds=(executor.timeout_seconds or 24 * 3600) + run.kill_grace_seconds + 60
-                ),
-                heartbeat_timeout=timedelta(seconds=run.heartbeat_timeout_seconds),
-                retry_policy=RetryPolicy(
-                    maximum_attempts=1 + WORKER_LOSSES, initial_interval=timedelta(seconds=1)
-                ),
-                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                heartbeat_timeout_s=run.heartbeat_timeout_seconds,
+                open_ended_s=24 * 3600,
+                margin_s=60,
             )
         except ActivityError as err:
             if is_cancelled_exception(err):
@@ -311,6 +305,7 @@ class PhaseWork(Gated):
     @workflow.update
     async def phase(self, call: PhaseCall) -> PhaseAnswer:
         phase = self._check_call(call)
+        self.answered_update = True
         if call.builder is not None:
             phase.builder = call.builder
             message = "Builder result submitted"

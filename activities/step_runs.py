@@ -1,0 +1,62 @@
+"""What each attempt of a local step came to, so that a step that finished never runs again.
+
+A local activity's result reaches Temporal's history only when its workflow task completes.
+After a worker is lost mid-task, the replay runs the task's local activities again: the
+step executor finds the attempts that finished here and answers with their results. Steps
+that run as ordinary activities need none of this; Temporal records their ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio import activity
+
+from store import events, resources
+from store.models import StepRun, utcnow
+
+FINAL = ("succeeded", "failed", "timed_out", "idle")
+
+
+def key() -> str | None:
+    """The running local activity, named for good (a replay gives it the same sequence
+    number in the same workflow run); None for an ordinary activity."""
+    info = activity.info()
+    return f"{info.workflow_run_id}/{info.activity_id}" if info.is_local else None
+
+
+@dataclass
+class Begun:
+    earlier: StepRun | None  # an attempt that ran to its end: answer with it, run nothing
+    first: bool  # no attempt was seen before: the step's carried facts are still to write
+
+
+async def begin(session: AsyncSession, key: str, attempt: int) -> Begun:
+    """Note the attempt as started, in the caller's transaction, unless the step succeeded
+    before or this very attempt ran to its end before the replay."""
+    rows = (await session.exec(select(StepRun).where(col(StepRun.key) == key))).all()
+    for row in rows:
+        if row.outcome == "succeeded" or (row.attempt == attempt and row.outcome in FINAL):
+            return Begun(earlier=row, first=False)
+    insert = (postgresql.insert if events.is_postgres(session) else sqlite.insert)(StepRun)
+    await session.exec(
+        insert.values(
+            key=key, attempt=attempt, outcome="started", result=None, created_at=utcnow()
+        ).on_conflict_do_nothing(index_elements=["key", "attempt"])
+    )
+    return Begun(earlier=None, first=not rows)
+
+
+async def end(
+    session: AsyncSession, key: str, attempt: int, outcome: str, result: dict[str, Any]
+) -> None:
+    await session.exec(
+        sa.update(resources.core(StepRun))
+        .where(sa.column("key") == key, sa.column("attempt") == attempt)
+        .values(outcome=outcome, result=result)
+    )
