@@ -118,6 +118,9 @@ class PhaseWork(Gated):
                 "tokens_used": int(report.get("tokens_used", 0) or 0),
             }
         else:
+            # Taken from now on: a result posted as soon as the event below is read must
+            # not find the phase refusing it.
+            self._expect(phase, "builder")
             await self._record(
                 "builder_awaited",
                 f"{spec.phase_id}: waiting for the builder's result (attempt {attempt})",
@@ -192,6 +195,7 @@ class PhaseWork(Gated):
                 tokens=int(report.get("tokens_used", 0) or 0),
             )
         else:
+            self._expect(phase, "auditor")
             await self._record(
                 "auditor_awaited",
                 f"{spec.phase_id}: waiting for the auditor's result",
@@ -278,12 +282,16 @@ class PhaseWork(Gated):
             return f"the {role} failed: {cause(err)}"
         return result
 
+    @staticmethod
+    def _expect(phase: Phase, role: Literal["builder", "auditor"]) -> None:
+        phase.awaiting = role
+        phase.builder = phase.auditor = None
+
     async def _await(
         self, phase: Phase, role: Literal["builder", "auditor"], timeout_s: float
     ) -> BuilderResult | AuditorResult | None:
-        """Wait for an outside executor's result; None when the timer ran out first."""
-        phase.awaiting = role
-        phase.builder = phase.auditor = None
+        """Wait for the outside executor's result `_expect` made the phase take; None when
+        the timer ran out first."""
         try:
             await workflow.wait_condition(
                 lambda: getattr(phase, role) is not None, timeout=timedelta(seconds=timeout_s)

@@ -6,13 +6,14 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
+import sqlalchemy as sa
 from fastapi import Body, Query, status
 from pydantic import BaseModel, ValidationError
-from sqlmodel import select
+from sqlmodel import col, select
 
 from api import cancels, decisions
 from api.deps import IdempotencyKeyDep, NewWorkAllowed, SessionDep, SettingsDep, TemporalDep
-from api.errors import ApiError, ErrorBody
+from api.errors import ApiError, ErrorBody, not_found
 from api.ratelimit import RateLimit
 from api.route import strict_router
 from api.run_models import PathId, RunResponse, Writer, load_phase, load_run, run_response
@@ -153,8 +154,25 @@ async def _running(session: SessionDep, run_id: str) -> Run:
 async def _call(
     session: SessionDep, temporal: TemporalDep, key: str | None, run_id: str, call: PhaseCall
 ) -> PhaseAnswer:
-    await _running(session, run_id)
-    await load_phase(session, run_id, call.phase_id)
+    # One query for the run's state and the phase, on the way of every executor's result.
+    found = (
+        await session.exec(
+            select(Run.state, RunPhase.phase_id)
+            .join(
+                RunPhase,
+                sa.and_(col(RunPhase.run_id) == Run.id, col(RunPhase.phase_id) == call.phase_id),
+                isouter=True,
+            )
+            .where(Run.id == run_id)
+        )
+    ).first()
+    if found is None:
+        raise not_found("run", run_id)
+    state, phase_id = found
+    if is_over(state):
+        raise ApiError(409, "RUN_ENDED", f"run {run_id} is already {state}")
+    if phase_id is None:
+        raise not_found("phase", f"{run_id}/{call.phase_id}")
     handle = temporal.get_workflow_handle(run_id)
     return await decisions.updating(
         handle.execute_update(RunWorkflow.phase, call, id=key or f"phase-{uuid.uuid4()}")
