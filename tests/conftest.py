@@ -22,7 +22,7 @@ from temporalio.worker import Worker
 
 from api.app import create_app
 from settings import Settings
-from stack import temporal_binary
+from stack import DEV_SERVER_TUNING, temporal_binary
 from store import migrate
 from store.engine import Database
 from store.tokens import Scope, create_token
@@ -62,6 +62,7 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         search_attributes=attributes.ALL,
         ui=False,
         dev_server_log_level="error",
+        dev_server_extra_args=DEV_SERVER_TUNING,
     )
     try:
         yield env
