@@ -77,7 +77,7 @@ async def whole_run(
 ) -> dict[str, float]:
     """Rounds alternate ours and bare, so both see the same machine. Each side first runs
     a warm-up of the same 18 steps (ours as a job: /runs/start allows 10 a minute), as an
-    idle worker dispatches its first ~30 workflow tasks faster (see bench/jobs.py (c))."""
+    idle server dispatches its first ~20 workflow tasks faster (see bench/jobs.py (c))."""
     ours: list[float] = []
     bare: list[float] = []
     warm = [{"name": f"s{i}", "run": ["true"]} | step for i in range(18)]
