@@ -39,16 +39,22 @@ class Begun:
 async def begin(session: AsyncSession, key: str, attempt: int) -> Begun:
     """Note the attempt as started, in the caller's transaction, unless the step succeeded
     before or this very attempt ran to its end before the replay."""
+    insert = (postgresql.insert if events.is_postgres(session) else sqlite.insert)(StepRun)
+    note = (
+        insert.values(key=key, attempt=attempt, outcome="started", result=None, created_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["key", "attempt"])
+        .returning(col(StepRun.key))
+    )
+    if attempt == 1 and (await session.exec(note)).first() is not None:
+        # Attempts count from 1, so a first attempt that is new is the step's first run:
+        # one statement on the way of nearly every step.
+        return Begun(earlier=None, first=True)
     rows = (await session.exec(select(StepRun).where(col(StepRun.key) == key))).all()
     for row in rows:
         if row.outcome == "succeeded" or (row.attempt == attempt and row.outcome in FINAL):
             return Begun(earlier=row, first=False)
-    insert = (postgresql.insert if events.is_postgres(session) else sqlite.insert)(StepRun)
-    await session.exec(
-        insert.values(
-            key=key, attempt=attempt, outcome="started", result=None, created_at=utcnow()
-        ).on_conflict_do_nothing(index_elements=["key", "attempt"])
-    )
+    if attempt != 1:
+        await session.exec(note)
     return Begun(earlier=None, first=not rows)
 
 

@@ -328,6 +328,23 @@ async def test_short_stages_keep_their_timeouts_and_retries(
     assert markers and all(b"flaky" in e.user_metadata.summary.data for e in markers)
 
 
+async def test_approving_answers_before_a_short_next_stage_ends(
+    admin: httpx.AsyncClient,
+) -> None:
+    """The Update's answer leaves with its workflow task; a local activity started in that
+    task would hold it until the stage ended."""
+    job_id = await create_job(
+        admin, stage("review", gate=GATE), stage("slow", "sleep", "4", timeout_seconds=10)
+    )
+    await wait_state(admin, job_id, "needs_approval")
+    started = time.monotonic()
+    approved = await admin.post(f"/api/v1/jobs/{job_id}/approve")
+    assert approved.status_code == 200, approved.text
+    assert time.monotonic() - started < 2.5
+    assert (await admin.get(f"/api/v1/jobs/{job_id}")).json()["stage"] == "slow"
+    await wait_state(admin, job_id, "completed", seconds=30)
+
+
 async def test_artifacts_list_and_download(admin: httpx.AsyncClient) -> None:
     job_id = await create_job(admin, stage("build", "echo", "built it"))
     await wait_state(admin, job_id, "completed")
