@@ -10,6 +10,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -63,6 +64,8 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         ui=False,
         dev_server_log_level="error",
         dev_server_extra_args=DEV_SERVER_TUNING,
+        # Five seconds (the default) is short on a busy 2-core machine.
+        dev_server_startup_timeout=timedelta(seconds=30),
     )
     try:
         yield env

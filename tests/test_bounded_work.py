@@ -11,6 +11,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from settings import LIMITS, Settings
-from stack import temporal_binary
+from stack import DEV_SERVER_TUNING, temporal_binary
 from store.engine import Database
 from store.models import Event, GateRow, Job
 from temporal_client import connect
@@ -183,7 +184,10 @@ async def early_continue(tmp_path: Path) -> AsyncIterator[Settings]:
         dev_server_extra_args=[
             "--dynamic-config-value",
             "limit.historyCount.suggestContinueAsNew=40",
+            *DEV_SERVER_TUNING,
         ],
+        # Five seconds (the default) is short on a busy 2-core machine.
+        dev_server_startup_timeout=timedelta(seconds=30),
     )
     try:
         yield Settings(
