@@ -34,8 +34,12 @@ async def append(
     message: str = "",
     payload: dict[str, Any] | None = None,
     final: bool = False,
+    flush: bool = True,
 ) -> Event:
-    """Add an event to the caller's transaction; it becomes visible at commit."""
+    """Add an event to the caller's transaction; it becomes visible at commit.
+
+    `flush=False` leaves the insert to the caller's next flush (the event has no id until
+    then): a create inserts its row and first event in one."""
     postgres = is_postgres(session)
     if postgres:
         conn = await session.connection()
@@ -53,8 +57,10 @@ async def append(
         final=final,
     )
     session.add(event)
-    await session.flush()
+    if flush:
+        await session.flush()
     if postgres:
+        # Delivered at commit, so it may precede the insert in the transaction.
         conn = await session.connection()
         await conn.execute(
             sa.text("SELECT pg_notify(:channel, :resource)"),
