@@ -49,11 +49,14 @@ class Database:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        kwargs: dict[str, Any] = {}
+        # Connections beyond pool_size are closed when returned. Keep as many as a busy
+        # API has requests in flight: reopening one costs a connect (on SQLite a thread and
+        # the pragmas) per request. The peak, pool_size + max_overflow, is unchanged.
+        kwargs: dict[str, Any] = {"pool_size": 20, "max_overflow": 10}
         if not is_sqlite(url):
             # A server can drop connections (restart, failover); a local file cannot,
             # so only PostgreSQL pays a ping per checkout.
-            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+            kwargs.update(pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(async_url(url), **kwargs)
         if is_sqlite(url):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
