@@ -83,6 +83,13 @@ class Settings(BaseSettings):
         le=64 * 1024 * 1024,
         description="A larger request body is refused with 413, unread",
     )
+    token_recheck_seconds: float = Field(
+        0.5,
+        ge=0,
+        le=0.9,
+        description="How long an API process trusts a token it read as live before reading "
+        "it again; at most 0.9 s, so a revoke stops a token everywhere within 1 s",
+    )
     sse_keepalive_seconds: float = Field(15, gt=0)
     sse_max_seconds: float = Field(
         600, gt=0, description="An SSE stream with nothing new for this long closes (`timeout`)"

@@ -38,7 +38,7 @@ from operator_file import load
 from settings import VERSION, Settings
 from store.engine import Database
 from store.models import Job, Run, Task
-from store.tokens import Scope
+from store.tokens import Scope, TokenCache
 from telegram_bot import BotLink
 from workflows.runs import RUN_ENDS
 from workflows.task_spec import TAKES_INSTRUCTIONS, TASK_ENDS, TASK_SETTLED
@@ -103,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ],
     )
     app.state.settings = settings
+    app.state.tokens = TokenCache(settings.token_recheck_seconds)
     app.state.operator = load(settings.operator_file)
     errors.install(app)
     for router in (

@@ -1,4 +1,8 @@
-"""The one auth dependency: a token from `Authorization: Bearer` or `X-API-Key`, then scopes."""
+"""The one auth dependency: a token from `Authorization: Bearer` or `X-API-Key`, then scopes.
+
+Each app keeps a `TokenCache` (`app.state.tokens`): a token is read from the database at
+most once per `token_recheck_seconds`, so a revoke anywhere reaches this process within
+that time (see store/tokens.py)."""
 
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ async def current_principal(
             "missing token: send 'Authorization: Bearer <token>' or 'X-API-Key: <token>'",
             _CHALLENGE,
         )
-    principal = await authenticate(session, secret)
+    principal = await authenticate(session, secret, request.app.state.tokens)
     if principal is None:
         raise ApiError(401, "INVALID_TOKEN", "token is unknown, revoked or expired", _CHALLENGE)
     request.state.principal = principal

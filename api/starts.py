@@ -51,7 +51,8 @@ async def create_and_start(
     row = new_row()
     table = type(row)
     made: list[SQLModel] = []
-    print_ = idempotency.fingerprint(body.model_dump(mode="json"))
+    # Only a keyed create is compared with an earlier one.
+    print_ = idempotency.fingerprint(body.model_dump(mode="json")) if key else ""
     fresh = True
     try:
         earlier = key and await idempotency.find(session, kind, principal.token_id, key, print_)
@@ -59,16 +60,9 @@ async def create_and_start(
             row, fresh = await _load(session, table, earlier), False
         else:
             session.add(row)
-            try:
-                await session.flush()
-            except sa.exc.IntegrityError:
-                # The caller chose the id (a run's run_id) and it is taken; with a key, the
-                # key is new, so this is not a repeat of the request that took it.
-                await session.rollback()
-                raise ApiError(
-                    409, f"{kind.upper()}_EXISTS", f"a {kind} {_id(row)!r} exists already"
-                ) from None
             if key:
+                # The key is claimed in the row's transaction, once the row is known new.
+                await _insert(session, kind, row)
                 rid = row.id  # type: ignore[attr-defined]
                 winner = await idempotency.claim(
                     session, kind, principal.token_id, key, print_, rid
@@ -76,9 +70,11 @@ async def create_and_start(
                 if winner != rid:
                     row, fresh = await _load(session, table, winner), False
             if fresh:
-                # Rows of the resource's parts (a run's tiers and phases) go in with it.
+                # Rows of the resource's parts (a run's tiers and phases) go in with it, in
+                # one flush (a taken id is a 409 there); its first event follows.
                 made = list(children(row))
                 session.add_all(made)
+                await _insert(session, kind, row)
                 await events.append(session, kind, _id(row), f"{kind}_created", **created_event)
                 await session.commit()
     except idempotency.KeyReused:
@@ -111,6 +107,18 @@ async def create_and_start(
     if fresh:
         WORKFLOW_STARTS.labels(kind).inc()
     return row
+
+
+async def _insert(session: AsyncSession, kind: str, row: SQLModel) -> None:
+    try:
+        await session.flush()
+    except sa.exc.IntegrityError:
+        # The caller chose the id (a run's run_id) and it is taken; with a key, the key is
+        # new, so this is not a repeat of the request that took it.
+        await session.rollback()
+        raise ApiError(
+            409, f"{kind.upper()}_EXISTS", f"a {kind} {_id(row)!r} exists already"
+        ) from None
 
 
 def _id(row: SQLModel) -> str:

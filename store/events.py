@@ -60,6 +60,7 @@ async def append(
         )
     )
     if postgres:
+        # Delivered at commit, so it may precede the insert in the transaction.
         conn = await session.connection()
         await conn.execute(
             sa.text("SELECT pg_notify(:channel, :resource)"),

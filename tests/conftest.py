@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import os
 import socket
+import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -170,6 +172,42 @@ async def serve(settings: Settings) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await task
+
+
+@contextlib.asynccontextmanager
+async def api_process(settings: Settings, workers: int = 1) -> AsyncIterator[str]:
+    """`pilothouse api` as its own process (with `workers` processes behind one port), on
+    the settings' database and Temporal: its base URL once it answers."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PILOTHOUSE_")}
+    env.update(
+        PILOTHOUSE_DATA_DIR=str(settings.data_dir),
+        PILOTHOUSE_DATABASE_URL=settings.db_url,
+        PILOTHOUSE_TEMPORAL_ADDRESS=settings.temporal_target,
+        PILOTHOUSE_TASK_QUEUE=settings.task_queue,
+        PILOTHOUSE_LOG_LEVEL="warning",
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli", "api", "--port", str(port), "--workers", str(workers)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        async with httpx.AsyncClient(base_url=base_url, timeout=5) as client:
+            while True:
+                assert process.poll() is None, f"the API process exited: {process.returncode}"
+                assert time.monotonic() < deadline, "the API process did not answer in 60 s"
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get("/healthz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+        yield base_url
+    finally:
+        process.terminate()
+        process.wait(30)
 
 
 @pytest.fixture

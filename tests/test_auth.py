@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -124,6 +125,8 @@ async def test_expired_tokens_are_refused(api: Api) -> None:
             .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
         )
         await session.commit()
+    # Like a revoke, a changed expiry is read once the API's recheck has passed.
+    await asyncio.sleep(api.settings.token_recheck_seconds)
     assert await _whoami(api, reader) == 401
 
 

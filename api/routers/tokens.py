@@ -151,14 +151,19 @@ async def list_tokens(
     responses={404: {"model": ErrorBody}},
 )
 async def revoke_token(
-    token_id: Annotated[str, Path(max_length=36)], _: Admin, session: SessionDep
+    request: Request,
+    token_id: Annotated[str, Path(max_length=36)],
+    _: Admin,
+    session: SessionDep,
 ) -> Message:
-    """Revoking is immediate and permanent; revoking twice is harmless."""
+    """Revoking is permanent, and revoking twice is harmless. This API process refuses the
+    token at once; every other within `token_recheck_seconds` (under 1 s)."""
     token = await session.get(Token, token_id)
     if token is None:
         raise not_found("token", token_id)
     await revoke(session, token)
     await session.commit()
+    request.app.state.tokens.forget(token_id)
     return Message(message="token revoked")
 
 
