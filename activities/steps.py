@@ -169,7 +169,10 @@ class Steps:
                     exit_code, outcome = await self._stream(step, out, pgid_file, streaming)
             if before is not None and step.cwd:
                 patch = relative.parent / "patches" / f"{slug}-{attempt}.patch"
+                # A step whose changes cannot be read did not finish: it runs again.
+                outcome, finished = "failed", outcome
                 diff = await work_trees.changes(Path(step.cwd), before, self.artifacts_dir, patch)
+                outcome = finished
         except asyncio.CancelledError:
             outcome = "canceled"
             raise
