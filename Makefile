@@ -27,7 +27,9 @@ test: lint
 bench: install
 	$(BIN)/python -m bench.startup
 	$(BIN)/python -m bench.jobs
+	$(BIN)/python -m bench.jobs --only ac --server default
 	$(BIN)/python -m bench.runs
+	$(BIN)/python -m bench.runs --server default
 	$(BIN)/python -m bench.telegram
 	$(BIN)/python -m bench.schedules
 	$(BIN)/python -m bench.tasks
