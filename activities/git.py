@@ -67,7 +67,8 @@ async def run_git(
     talking = asyncio.ensure_future(process.communicate(stdin))
     try:
         while not (await asyncio.wait({talking}, timeout=HEARTBEAT_S))[0]:
-            if activity.in_activity():
+            # A local activity has no heartbeat: its cancel comes from the workflow.
+            if activity.in_activity() and not activity.info().is_local:
                 activity.heartbeat()
     except asyncio.CancelledError:
         with contextlib.suppress(ProcessLookupError):

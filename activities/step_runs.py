@@ -55,7 +55,9 @@ async def begin(session: AsyncSession, key: str, attempt: int) -> Begun:
             return Begun(earlier=row, first=False)
     if attempt != 1:
         await session.exec(note)
-    return Begun(earlier=None, first=not rows)
+    # A retry after a long backoff is a new local activity, with a key of its own: only a
+    # first attempt writes what the step carries.
+    return Begun(earlier=None, first=attempt == 1 and not rows)
 
 
 async def end(

@@ -156,7 +156,10 @@ class Steps:
         if earlier is not None:
             result = StepResult.model_validate(earlier.result)
             return Executed(result=result, outcome=earlier.outcome, attempt=earlier.attempt)
-        before = await work_trees.snapshot(Path(step.cwd)) if step.diff and step.cwd else None
+        locks = self.artifacts_dir / work_trees.LOCKS
+        before = (
+            await work_trees.snapshot(Path(step.cwd), locks) if step.diff and step.cwd else None
+        )
         started = time.monotonic()
         outcome = "failed"
         exit_code = NOT_STARTABLE
@@ -169,8 +172,9 @@ class Steps:
                     exit_code, outcome = await self._stream(step, out, pgid_file, streaming)
             if before is not None and step.cwd:
                 patch = relative.parent / "patches" / f"{slug}-{attempt}.patch"
-                # A step whose changes cannot be read did not finish: it runs again.
-                outcome, finished = "failed", outcome
+                # A step whose changes cannot be read did not end: the error fails it, and
+                # a replay runs it again rather than answer for it (`step_runs.FINAL`).
+                outcome, finished = "errored", outcome
                 diff = await work_trees.changes(Path(step.cwd), before, self.artifacts_dir, patch)
                 outcome = finished
         except asyncio.CancelledError:

@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -21,6 +20,8 @@ from activities.file_locks import locked
 from activities.git import CHECKOUT, DIFF, git, run_git, workspace_error
 
 PATCH_EXCERPT_BYTES = 8 * 1024
+# Under the artifacts directory: the snapshot locks of work trees.
+LOCKS = ".locks"
 
 
 class Diff(BaseModel):
@@ -37,13 +38,13 @@ class ChangesSummary(BaseModel):
     deletions: int = 0
 
 
-async def snapshot(path: Path) -> str:
+async def snapshot(path: Path, locks: Path) -> str:
     """The work tree as it is, as a git tree id. Touches no branch and no commit. Steps
     that run at once in one work tree (a parallel tier's phases) take turns: git's index
-    has one lock."""
-    # The lock file lives outside the tree: a user's workdir is theirs, and not ours to litter.
-    name = hashlib.sha256(str(path).encode()).hexdigest()[:24]
-    async with locked(Path(tempfile.gettempdir()) / f"pilothouse-snapshot-{name}.lock"):
+    has one lock. Ours lives in `locks` (a directory of our data), not in a user's tree."""
+    name = hashlib.sha256(str(await asyncio.to_thread(path.resolve)).encode()).hexdigest()[:24]
+    await asyncio.to_thread(locks.mkdir, parents=True, exist_ok=True)
+    async with locked(locks / f"snapshot-{name}.lock"):
         await git(path, "add", "--all")
         return (await git(path, "write-tree")).strip()
 
@@ -61,7 +62,7 @@ def _numstat(text: str) -> tuple[list[str], int, int]:
 
 async def changes(path: Path, before: str, artifacts: Path, patch_file: Path) -> Diff:
     """What changed in the work tree since `before`; the patch goes to `artifacts/patch_file`."""
-    after = await snapshot(path)
+    after = await snapshot(path, artifacts / LOCKS)
     if after == before:
         return Diff()
     files, added, removed = _numstat(await git(path, *DIFF, "--numstat", before, after))

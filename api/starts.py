@@ -4,6 +4,7 @@ then the workflow start, undone whole if the start fails. Every family's create 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -45,9 +46,11 @@ async def create_and_start(
     workflow_input: Callable[[Row], BaseModel],
     summary: Callable[[Row], str],
     children: Callable[[Row], Sequence[SQLModel]] = lambda _: (),
+    task_timeout: timedelta | None = None,
 ) -> Row:
     """The resource for this request: made and started now, or the one an earlier
-    request with the same Idempotency-Key made (started again if that start was lost)."""
+    request with the same Idempotency-Key made (started again if that start was lost).
+    `task_timeout`: the workflow task's, when the family wants another than Temporal's."""
     row = new_row()
     table = type(row)
     made: list[SQLModel] = []
@@ -97,6 +100,7 @@ async def create_and_start(
                 ]
             ),
             static_summary=summary(row),
+            task_timeout=task_timeout,
         )
     except Exception as exc:
         if fresh:

@@ -135,7 +135,10 @@ class StepRun(SQLModel, table=True):
 
     key: str = Field(primary_key=True, max_length=200, description="Workflow run and activity")
     attempt: int = Field(primary_key=True)
-    outcome: str = Field(max_length=20, description="started, succeeded, failed or timed_out")
+    outcome: str = Field(
+        max_length=20,
+        description="started, succeeded, failed, timed_out, idle, canceled or errored",
+    )
     result: dict[str, Any] | None = Field(default=None, sa_column=sa.Column(sa.JSON))
     created_at: datetime = _when(default_factory=utcnow)
 

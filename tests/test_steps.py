@@ -4,7 +4,10 @@ heartbeats, and a process group that is really gone after a cancel or a timeout.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -141,3 +144,47 @@ async def test_cancel_sends_sigterm_then_sigkill_to_the_group(
     assert not alive(shell) and not alive(child)
     [event] = await events_of(db)
     assert event.status == "canceled"
+
+
+def local_activity() -> ActivityEnvironment:
+    """An environment whose activity is a local one, as a replay runs it again: the same
+    workflow run, the same sequence number, the same attempt."""
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(
+        env.info, is_local=True, workflow_run_id=f"run-{uuid.uuid4()}", activity_id="7"
+    )
+    return env
+
+
+async def test_a_finished_local_step_answers_a_replay_from_its_record(
+    steps: Steps, db: Database, tmp_path: Path
+) -> None:
+    count = tmp_path / "count"
+    env = local_activity()
+    ran = step(["sh", "-c", f"echo ran >> {count}; echo done"])
+    first: StepResult = await env.run(steps.run, ran)
+    again: StepResult = await env.run(steps.run, ran)
+    assert again == first and count.read_text() == "ran\n"
+    assert len(await events_of(db)) == 1
+    other: StepResult = await local_activity().run(steps.run, ran)
+    assert other.artifact_id != first.artifact_id and count.read_text() == "ran\nran\n"
+
+
+async def test_a_local_step_whose_changes_cannot_be_read_runs_again(
+    steps: Steps, tmp_path: Path
+) -> None:
+    """It did not end: a replay must run it, not answer a success without its changes."""
+    work, count = tmp_path / "work", tmp_path / "count"
+    work.mkdir()
+    for argv in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "start"]):
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *argv], cwd=work, check=True
+        )
+    env = local_activity()
+    breaks = step(["sh", "-c", f"echo ran >> {count}; rm -rf .git"], cwd=str(work), diff=True)
+    for _ in range(2):
+        with pytest.raises(ApplicationError) as failed:
+            await env.run(steps.run, breaks)
+        assert failed.value.type == "WorkspaceError"
+        subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    assert count.read_text() == "ran\nran\n"

@@ -9,6 +9,8 @@ anything else (see `activities/records.py`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -195,9 +197,10 @@ class Gated:
         self._deferred: list[Transition] = []
         self._messages: dict[str, Messages] = {}
         self._notices: list[asyncio.Task[None]] = []
-        # Set by an Update's handler: the workflow task that answers it must not also hold
-        # a local activity (`workflows/step_calls.py`), or the caller waits for that too.
-        self.answered_update = False
+        # Update handlers running, and the history length of the workflow task in which one
+        # last ended: that task carries its answer, which a local activity would hold.
+        self._answering = 0
+        self._answered_at = -1
 
     # --- activities that write ---------------------------------------------------------
 
@@ -293,6 +296,25 @@ class Gated:
         gate = self._open.get(gate_id) or self._closed.get(gate_id)
         return gate is not None and gate.recorded
 
+    # --- answering Updates ----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def answering(self) -> Iterator[None]:
+        """Wraps every Update handler's body. An Update's answer leaves with the workflow
+        task in which its handler ends, and a local activity holds that task until it ends:
+        `may_hold_task` says no while a handler runs or in the task that answers one."""
+        self._answering += 1
+        try:
+            yield
+        finally:
+            self._answering -= 1
+            self._answered_at = workflow.info().get_current_history_length()
+
+    def may_hold_task(self) -> bool:
+        """Whether a local activity may start now without holding an Update's answer."""
+        length = workflow.info().get_current_history_length()
+        return self._answering == 0 and self._answered_at != length
+
     # --- the Update --------------------------------------------------------------------
 
     def _check(self, d: DecisionIn) -> GateState:
@@ -321,20 +343,20 @@ class Gated:
 
     @workflow.update
     async def decide(self, d: DecisionIn) -> DecisionOut:
-        # Updates in one workflow task all pass the validator before any handler runs,
-        # so the handler checks again, and settles before its first await.
-        gate = self._check(d)
-        gate.settle(d)
-        self.answered_update = True
-        await self._keep(gate, d, workflow.current_update_info())
-        return DecisionOut(
-            gate_id=gate.id,
-            stage=gate.stage,
-            outcome=d.outcome,
-            gate_state=gate.state,
-            approvals=list(gate.approvals),
-            approvals_needed=gate.config.required_approvals,
-        )
+        with self.answering():
+            # Updates in one workflow task all pass the validator before any handler runs,
+            # so the handler checks again, and settles before its first await.
+            gate = self._check(d)
+            gate.settle(d)
+            await self._keep(gate, d, workflow.current_update_info())
+            return DecisionOut(
+                gate_id=gate.id,
+                stage=gate.stage,
+                outcome=d.outcome,
+                gate_state=gate.state,
+                approvals=list(gate.approvals),
+                approvals_needed=gate.config.required_approvals,
+            )
 
     @decide.validator
     def _validate_decide(self, d: DecisionIn) -> None:

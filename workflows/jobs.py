@@ -298,10 +298,10 @@ class JobWorkflow(Gated):
 
     @workflow.update
     async def resume(self, request: ResumeIn) -> ResumeOut:
-        self._check_paused()
-        self._resume = request
-        self.answered_update = True
-        return ResumeOut(state="running", stage=self.stage)
+        with self.answering():
+            self._check_paused()
+            self._resume = request
+            return ResumeOut(state="running", stage=self.stage)
 
     @resume.validator
     def _validate_resume(self, request: ResumeIn) -> None:

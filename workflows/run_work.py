@@ -312,40 +312,40 @@ class PhaseWork(Gated):
 
     @workflow.update
     async def phase(self, call: PhaseCall) -> PhaseAnswer:
-        phase = self._check_call(call)
-        self.answered_update = True
-        if call.builder is not None:
-            phase.builder = call.builder
-            message = "Builder result submitted"
-        elif call.auditor is not None:
-            phase.auditor = call.auditor
-            message = "Auditor result submitted"
-        elif call.issue is not None:
-            await self.record(
-                "records.issue",
-                IssueFact(
-                    run_id=self.run_id, phase_id=call.phase_id, issue=call.issue.model_dump()
-                ),
+        with self.answering():
+            phase = self._check_call(call)
+            if call.builder is not None:
+                phase.builder = call.builder
+                message = "Builder result submitted"
+            elif call.auditor is not None:
+                phase.auditor = call.auditor
+                message = "Auditor result submitted"
+            elif call.issue is not None:
+                await self.record(
+                    "records.issue",
+                    IssueFact(
+                        run_id=self.run_id, phase_id=call.phase_id, issue=call.issue.model_dump()
+                    ),
+                )
+                message = "Issue recorded"
+            else:
+                assert call.status is not None
+                values = call.status.model_dump(exclude_none=True, exclude={"quality_blocked"})
+                if values.get("state") in DONE:
+                    values.pop("state")  # a phase ends by its results, not by a status report
+                if "state" in values:
+                    phase.state = values["state"]
+                await self._record(
+                    "phase_status",
+                    f"{call.phase_id}: status reported: {call.status.state}",
+                    phase=call.phase_id,
+                    parts={f"phase:{call.phase_id}": values},
+                    payload=call.status.model_dump(exclude_none=True),
+                )
+                message = "Phase status updated"
+            return PhaseAnswer(
+                message=message, phase_id=call.phase_id, run_id=self.run_id, phase_state=phase.state
             )
-            message = "Issue recorded"
-        else:
-            assert call.status is not None
-            values = call.status.model_dump(exclude_none=True, exclude={"quality_blocked"})
-            if values.get("state") in DONE:
-                values.pop("state")  # a phase ends by its results, not by a status report
-            if "state" in values:
-                phase.state = values["state"]
-            await self._record(
-                "phase_status",
-                f"{call.phase_id}: status reported: {call.status.state}",
-                phase=call.phase_id,
-                parts={f"phase:{call.phase_id}": values},
-                payload=call.status.model_dump(exclude_none=True),
-            )
-            message = "Phase status updated"
-        return PhaseAnswer(
-            message=message, phase_id=call.phase_id, run_id=self.run_id, phase_state=phase.state
-        )
 
     @phase.validator
     def _validate_phase(self, call: PhaseCall) -> None:

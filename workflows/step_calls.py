@@ -9,8 +9,9 @@ The step executor keeps what each local attempt came to (`activities/step_runs.p
 replay after a lost worker never runs a finished step again. Longer or open-ended steps
 stay ordinary activities: the Temporal UI shows them pending with their heartbeats, and a
 cancel or an Update reaches the workflow while they run, where a local activity holds the
-workflow task for up to 8 s at a time. For the same reason the first step after the workflow
-answered an Update is an ordinary activity: the answer is not held behind it.
+workflow task for up to 4 s at a time. For the same reason a step that starts while an
+Update is answered, or in the workflow task that carries its answer, is an ordinary
+activity: the answer is not held behind it (`Gated.may_hold_task`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ with workflow.unsafe.imports_passed_through():
     from workflows.gate import WORKER_LOSSES, Gated
 
 SHORT_STEP_S = 10.0
+# While a local activity runs, the worker renews its workflow task at 80% of this timeout,
+# and only then can a cancel or an Update reach the workflow: 4 s with this, 8 s with
+# Temporal's 10 s. Jobs and runs start with it.
+SHORT_STEP_TASK_TIMEOUT = timedelta(seconds=5)
 # Histories from before short steps ran locally replay with ordinary activities.
 LOCAL_STEPS = "short-steps-run-locally"
 
@@ -58,11 +63,7 @@ async def run_step(
         # The Temporal UI names each step's activity or marker by its stage.
         "summary": step.stage,
     }
-    # The answer to an Update leaves with the workflow task, which a local activity holds
-    # until it ends: the first step after one runs as an ordinary activity.
-    local = is_short(step) and not owner.answered_update
-    owner.answered_update = False
-    if local and workflow.patched(LOCAL_STEPS):
+    if is_short(step) and owner.may_hold_task() and workflow.patched(LOCAL_STEPS):
         result: StepResult = await owner.carrying("steps.run", step, local=True, **options)
     else:
         options["heartbeat_timeout"] = timedelta(seconds=heartbeat_timeout_s)

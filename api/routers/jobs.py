@@ -41,6 +41,7 @@ from workflows.jobs import (
     StageSpec,
     check_stages,
 )
+from workflows.step_calls import SHORT_STEP_TASK_TIMEOUT
 
 router = strict_router(
     prefix="/api/v1",
@@ -206,6 +207,7 @@ async def create_job(
             auto_approve_allowed=settings.auto_approve,
         ),
         summary=lambda job: f"Job {job.pipeline or 'ad hoc'} by {job.owner}",
+        task_timeout=SHORT_STEP_TASK_TIMEOUT,
     )
     return JobPublic(**job.model_dump())
 

@@ -33,6 +33,7 @@ from workflows.run_results import (
 )
 from workflows.run_spec import RunSpec
 from workflows.runs import RunInput, RunWorkflow
+from workflows.step_calls import SHORT_STEP_TASK_TIMEOUT
 
 router = strict_router(
     tags=["runs"],
@@ -139,6 +140,7 @@ async def start_run(
             auto_approve_allowed=settings.auto_approve,
         ),
         summary=lambda run: f"Run {run.id} by {run.owner}",
+        task_timeout=SHORT_STEP_TASK_TIMEOUT,
     )
     return await run_response(session, run)
 
