@@ -22,6 +22,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
+from activities import step_runs
 from store import events, issues, resources
 from store.engine import Database
 from store.models import Decision, GateRow, RunPhase, utcnow
@@ -194,6 +195,9 @@ async def write_transition(session: AsyncSession, t: Transition) -> None:
     await resources.set_parts(session, t.resource_kind, t.resource_id, t.parts)
     if t.final:
         await close_gates(session, t.resource_id, gate_end(t.state), t.error or t.message)
+        # Its local steps are in Temporal's history by now: the final record is an ordinary
+        # activity, whose scheduling completed the workflow task that ran them.
+        await step_runs.forget(session, t.resource_id)
     await events.append(
         session,
         t.resource_kind,

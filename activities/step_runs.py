@@ -36,12 +36,13 @@ class Begun:
     first: bool  # no attempt was seen before: the step's carried facts are still to write
 
 
-async def begin(session: AsyncSession, key: str, attempt: int) -> Begun:
+async def begin(session: AsyncSession, key: str, attempt: int, resource_id: str) -> Begun:
     """Note the attempt as started, in the caller's transaction, unless the step succeeded
     before or this very attempt ran to its end before the replay."""
     insert = (postgresql.insert if events.is_postgres(session) else sqlite.insert)(StepRun)
+    started = {"key": key, "attempt": attempt, "resource_id": resource_id, "outcome": "started"}
     note = (
-        insert.values(key=key, attempt=attempt, outcome="started", result=None, created_at=utcnow())
+        insert.values(**started, result=None, created_at=utcnow())
         .on_conflict_do_nothing(index_elements=["key", "attempt"])
         .returning(col(StepRun.key))
     )
@@ -67,4 +68,11 @@ async def end(
         sa.update(resources.core(StepRun))
         .where(sa.column("key") == key, sa.column("attempt") == attempt)
         .values(outcome=outcome, result=result)
+    )
+
+
+async def forget(session: AsyncSession, resource_id: str) -> None:
+    """A resource that ended replays nothing: its step runs go with its end."""
+    await session.exec(
+        sa.delete(resources.core(StepRun)).where(sa.column("resource_id") == resource_id)
     )

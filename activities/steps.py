@@ -255,7 +255,7 @@ class Steps:
         async with self.db.session() as session:
             first = True
             if key is not None:
-                begun = await step_runs.begin(session, key, attempt)
+                begun = await step_runs.begin(session, key, attempt, step.resource_id)
                 if begun.earlier is not None:
                     return begun.earlier
                 first = begun.first

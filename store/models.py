@@ -132,9 +132,11 @@ class StepRun(SQLModel, table=True):
     task completes; after a worker is lost, the replay finds its result here instead."""
 
     __tablename__ = "step_runs"
+    __table_args__ = (sa.Index("ix_step_runs_resource", "resource_id"),)
 
     key: str = Field(primary_key=True, max_length=200, description="Workflow run and activity")
     attempt: int = Field(primary_key=True)
+    resource_id: str = Field(max_length=100, description="Its rows go when the resource ends")
     outcome: str = Field(
         max_length=20,
         description="started, succeeded, failed, timed_out, idle, canceled or errored",

@@ -14,7 +14,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.worker import Worker
 
 from settings import Settings
-from store.models import Decision, Event, IdempotencyKey
+from store.models import Decision, Event, IdempotencyKey, StepRun
 from store.tokens import Scope
 from tests.conftest import Api, free_port, make_token, serve
 from tests.jobs_helpers import GATE, create_job, event_types, stage, wait_state
@@ -295,7 +295,7 @@ async def test_cancel_kills_the_running_step(
 
 
 async def test_short_stages_keep_their_timeouts_and_retries(
-    admin: httpx.AsyncClient, client: Client, tmp_path: Path
+    api: Api, admin: httpx.AsyncClient, client: Client, tmp_path: Path
 ) -> None:
     """Stages that declare a short timeout run as local activities; their retries, their
     timeout and their record are those of any stage."""
@@ -326,6 +326,10 @@ async def test_short_stages_keep_their_timeouts_and_retries(
         if e.marker_recorded_event_attributes.marker_name == "core_local_activity"
     ]
     assert markers and all(b"flaky" in e.user_metadata.summary.data for e in markers)
+    # What the step runs kept for a replay goes when the job ends.
+    async with api.db.session() as session:
+        kept = (await session.exec(select(StepRun.resource_id))).all()
+    assert recovers not in kept and gives_up not in kept and slow not in kept
 
 
 async def test_approving_answers_before_a_short_next_stage_ends(

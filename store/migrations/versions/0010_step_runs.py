@@ -23,10 +23,12 @@ def upgrade() -> None:
         "step_runs",
         sa.Column("key", sa.String(200), primary_key=True),
         sa.Column("attempt", sa.Integer(), primary_key=True),
+        sa.Column("resource_id", sa.String(100), nullable=False),
         sa.Column("outcome", sa.String(20), nullable=False),
         sa.Column("result", sa.JSON(), nullable=True),
         sa.Column("created_at", UTCDateTime(), nullable=False),
     )
+    op.create_index("ix_step_runs_resource", "step_runs", ["resource_id"])
 
 
 def downgrade() -> None:
