@@ -172,11 +172,15 @@ class Steps:
                     exit_code, outcome = await self._stream(step, out, pgid_file, streaming)
             if before is not None and step.cwd:
                 patch = relative.parent / "patches" / f"{slug}-{attempt}.patch"
-                # A step whose changes cannot be read did not end: the error fails it, and
-                # a replay runs it again rather than answer for it (`step_runs.FINAL`).
-                outcome, finished = "errored", outcome
-                diff = await work_trees.changes(Path(step.cwd), before, self.artifacts_dir, patch)
-                outcome = finished
+                try:
+                    diff = await work_trees.changes(
+                        Path(step.cwd), before, self.artifacts_dir, patch
+                    )
+                except Exception:
+                    # A step whose changes cannot be read did not end: the error fails it,
+                    # and a replay runs it again rather than answer for it (`step_runs.FINAL`).
+                    outcome = "errored"
+                    raise
         except asyncio.CancelledError:
             outcome = "canceled"
             raise
