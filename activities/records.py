@@ -17,7 +17,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from pydantic import BaseModel, Field
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
@@ -135,32 +134,13 @@ async def write_decisions(session: AsyncSession, decisions: list[DecisionRecord]
     already recorded (a retried activity, or one carried twice) is skipped. Plain
     statements, no ORM loads: this runs before the next stage may start."""
     for d in decisions:
-        insert = (postgresql.insert if events.is_postgres(session) else sqlite.insert)(Decision)
-        added = await session.exec(
-            insert.values(
-                id=d.id,
-                gate_id=d.gate_id,
-                resource_kind=d.resource_kind,
-                resource_id=d.resource_id,
-                stage=d.stage,
-                outcome=d.outcome,
-                by=d.by,
-                via=d.via,
-                reason=d.reason,
-                input=d.input,
-                created_at=utcnow(),
-            )
-            .on_conflict_do_nothing(index_elements=["id"])
-            # RETURNING says whether it was added on both databases; through the session,
-            # rowcount did not on PostgreSQL (a skipped row still counted).
-            .returning(col(Decision.id))
-        )
-        if added.first() is None:
+        row = d.model_dump(exclude={"gate_state", "approvals"}) | {"created_at": utcnow()}
+        if not await resources.insert_new(session, Decision, ("id",), row):
             continue
         gate: dict[str, Any] = {"approvals": d.approvals, "state": d.gate_state}
         if d.gate_state != "open":
             gate |= {"decided_at": utcnow(), "decided_by": d.by, "via": d.via, "reason": d.reason}
-        await session.exec(sa.update(GateRow).where(col(GateRow.id) == d.gate_id).values(**gate))
+        await resources.update(session, GateRow, {"id": d.gate_id}, gate)
         await events.append(
             session,
             d.resource_kind,

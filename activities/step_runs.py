@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
-from store import events, resources
+from store import resources
 from store.models import StepRun, utcnow
 
 FINAL = ("succeeded", "failed", "timed_out", "idle")
@@ -39,14 +38,16 @@ class Begun:
 async def begin(session: AsyncSession, key: str, attempt: int, resource_id: str) -> Begun:
     """Note the attempt as started, in the caller's transaction, unless the step succeeded
     before or this very attempt ran to its end before the replay."""
-    insert = (postgresql.insert if events.is_postgres(session) else sqlite.insert)(StepRun)
-    started = {"key": key, "attempt": attempt, "resource_id": resource_id, "outcome": "started"}
-    note = (
-        insert.values(**started, result=None, created_at=utcnow())
-        .on_conflict_do_nothing(index_elements=["key", "attempt"])
-        .returning(col(StepRun.key))
-    )
-    if attempt == 1 and (await session.exec(note)).first() is not None:
+    keys = ("key", "attempt")
+    started = {
+        "key": key,
+        "attempt": attempt,
+        "resource_id": resource_id,
+        "outcome": "started",
+        "result": None,
+        "created_at": utcnow(),
+    }
+    if attempt == 1 and await resources.insert_new(session, StepRun, keys, started):
         # Attempts count from 1, so a first attempt that is new is the step's first run:
         # one statement on the way of nearly every step.
         return Begun(earlier=None, first=True)
@@ -55,7 +56,7 @@ async def begin(session: AsyncSession, key: str, attempt: int, resource_id: str)
         if row.outcome == "succeeded" or (row.attempt == attempt and row.outcome in FINAL):
             return Begun(earlier=row, first=False)
     if attempt != 1:
-        await session.exec(note)
+        await resources.insert_new(session, StepRun, keys, started)
     # A retry after a long backoff is a new local activity, with a key of its own: only a
     # first attempt writes what the step carries.
     return Begun(earlier=None, first=attempt == 1 and not rows)
@@ -64,11 +65,8 @@ async def begin(session: AsyncSession, key: str, attempt: int, resource_id: str)
 async def end(
     session: AsyncSession, key: str, attempt: int, outcome: str, result: dict[str, Any]
 ) -> None:
-    await session.exec(
-        sa.update(resources.core(StepRun))
-        .where(sa.column("key") == key, sa.column("attempt") == attempt)
-        .values(outcome=outcome, result=result)
-    )
+    where = {"key": key, "attempt": attempt}
+    await resources.update(session, StepRun, where, {"outcome": outcome, "result": result})
 
 
 async def forget(session: AsyncSession, resource_id: str) -> None:

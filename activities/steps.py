@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-import sqlalchemy as sa
 from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -307,7 +306,7 @@ class Steps:
             diff=ran.diff,
         )
         async with self.db.session() as session:
-            await session.exec(sa.insert(resources.core(Artifact)).values(**artifact.model_dump()))
+            await resources.insert(session, Artifact, artifact.model_dump())
             await events.append(
                 session,
                 step.resource_kind,

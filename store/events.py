@@ -14,11 +14,10 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from store import resources
 from store.models import Event, utcnow
 
 CHANNEL = "pilothouse_events"
-# The table itself, not the ORM class: a Core INSERT skips the ORM's bulk-insert path.
-EVENTS = Event.metadata.tables["events"]
 
 
 def is_postgres(session: AsyncSession) -> bool:
@@ -44,20 +43,22 @@ async def append(
         await conn.execute(
             sa.text("SELECT pg_advisory_xact_lock(hashtext(:r))"), {"r": resource_id}
         )
-    # A plain INSERT: the ORM's unit of work costs more than the statement on this path,
-    # which every step takes twice.
-    await session.exec(
-        sa.insert(EVENTS).values(
-            resource_kind=resource_kind,
-            resource_id=resource_id,
-            type=type,
-            stage=stage,
-            status=status,
-            message=message,
-            payload=payload or {},
-            final=final,
-            created_at=utcnow(),
-        )
+    # A plain INSERT built once: the ORM's unit of work costs more than the statement on
+    # this path, which every step takes twice.
+    await resources.insert(
+        session,
+        Event,
+        {
+            "resource_kind": resource_kind,
+            "resource_id": resource_id,
+            "type": type,
+            "stage": stage,
+            "status": status,
+            "message": message,
+            "payload": payload or {},
+            "final": final,
+            "created_at": utcnow(),
+        },
     )
     if postgres:
         # Delivered at commit, so it may precede the insert in the transaction.

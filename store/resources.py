@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import typing
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -33,6 +35,58 @@ def core(table: type[SQLModel]) -> sa.Table:
     return SQLModel.metadata.tables[str(table.__tablename__)]
 
 
+# Statements built once per table and shape, given their values as parameters: building
+# `.values(...)` anew cost about as much as running the statement, on paths every step takes.
+async def insert(session: AsyncSession, table: type[SQLModel], values: dict[str, Any]) -> None:
+    """INSERT a row of `values` into `table`, in the caller's transaction."""
+    await session.exec(_insert(table), params=_known(table, values))
+
+
+async def insert_new(
+    session: AsyncSession, table: type[SQLModel], keys: tuple[str, ...], values: dict[str, Any]
+) -> bool:
+    """INSERT a row unless one with the same `keys` is there; whether it was added (by
+    RETURNING, which says so on both databases where rowcount did not on PostgreSQL)."""
+    postgres = session.get_bind().dialect.name == "postgresql"
+    added = await session.exec(_insert_new(table, postgres, keys), params=_known(table, values))
+    return added.first() is not None
+
+
+async def update(
+    session: AsyncSession, table: type[SQLModel], where: dict[str, Any], values: dict[str, Any]
+) -> None:
+    """UPDATE `table` SET `values` where each column of `where` equals its value."""
+    params = {f"where_{key}": value for key, value in where.items()}
+    await session.exec(_update(table, tuple(where)), params=params | _known(table, values))
+
+
+def _known(table: type[SQLModel], values: dict[str, Any]) -> dict[str, Any]:
+    # A statement run with parameters ignores keys that name no column; a typo must fail.
+    unknown = values.keys() - core(table).c.keys()
+    if unknown:
+        raise ValueError(f"{table.__tablename__} has no column {', '.join(sorted(unknown))}")
+    return values
+
+
+@functools.cache
+def _insert(table: type[SQLModel]) -> sa.Insert:
+    return sa.insert(core(table))
+
+
+@functools.cache
+def _insert_new(table: type[SQLModel], postgres: bool, keys: tuple[str, ...]) -> sa.Insert:
+    into = (postgresql.insert if postgres else sqlite.insert)(core(table))
+    return into.on_conflict_do_nothing(index_elements=list(keys)).returning(core(table).c[keys[0]])
+
+
+@functools.cache
+def _update(table: type[SQLModel], keys: tuple[str, ...]) -> sa.Update:
+    columns = core(table).c
+    return sa.update(core(table)).where(
+        *(columns[key] == sa.bindparam(f"where_{key}") for key in keys)
+    )
+
+
 def columns(table: type[SQLModel], values: dict[str, Any]) -> dict[str, Any]:
     """Values as their columns take them: workflows send times as ISO-8601 text."""
     out = dict(values)
@@ -51,10 +105,8 @@ async def set_fields(session: AsyncSession, kind: str, resource_id: str, **value
     table = TABLES.get(kind)
     if table is None:
         return
-    await session.exec(
-        sa.update(core(table))
-        .where(sa.column("id") == resource_id)
-        .values(**columns(table, values), updated_at=utcnow())
+    await update(
+        session, table, {"id": resource_id}, columns(table, values) | {"updated_at": utcnow()}
     )
 
 
@@ -89,11 +141,7 @@ async def set_parts(
         values = columns(table, values)
         if "updated_at" in table.model_fields:
             values = {**values, "updated_at": utcnow()}
-        await session.exec(
-            sa.update(core(table))
-            .where(sa.column(owner) == resource_id, sa.column(key) == key_value)
-            .values(**values)
-        )
+        await update(session, table, {owner: resource_id, key: key_value}, values)
 
 
 async def set_ended(session: AsyncSession, kind: str, resource_id: str) -> None:
