@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from activities import tree_stamps
 from activities.file_locks import locked
 from activities.git import CHECKOUT, DIFF, git, run_git, workspace_error
 
@@ -41,12 +42,21 @@ class ChangesSummary(BaseModel):
 async def snapshot(path: Path, locks: Path) -> str:
     """The work tree as it is, as a git tree id. Touches no branch and no commit. Steps
     that run at once in one work tree (a parallel tier's phases) take turns: git's index
-    has one lock. Ours lives in `locks` (a directory of our data), not in a user's tree."""
-    name = hashlib.sha256(str(await asyncio.to_thread(path.resolve)).encode()).hexdigest()[:24]
+    has one lock. Ours lives in `locks` (a directory of our data), not in a user's tree.
+    A tree whose files' stamps are those of its last snapshot is that snapshot's tree
+    (`tree_stamps`), with no git run."""
+    root = await asyncio.to_thread(path.resolve)
+    name = hashlib.sha256(str(root).encode()).hexdigest()[:24]
     await asyncio.to_thread(locks.mkdir, parents=True, exist_ok=True)
     async with locked(locks / f"snapshot-{name}.lock"):
-        await git(path, "add", "--all")
-        return (await git(path, "write-tree")).strip()
+        # Taken first: a change while git reads the tree makes it a stamp never seen again.
+        stamp = await asyncio.to_thread(tree_stamps.stamp, root)
+        tree = tree_stamps.known_tree(root, stamp)
+        if tree is None:
+            await git(path, "add", "--all")
+            tree = (await git(path, "write-tree")).strip()
+            tree_stamps.keep(root, stamp, tree)
+        return tree
 
 
 def _numstat(text: str) -> tuple[list[str], int, int]:

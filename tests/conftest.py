@@ -224,6 +224,18 @@ async def admin(api: Api) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
+def argv_log(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every argv our code gives git, recorded by a shim first on PATH."""
+    shims = tmp_path_factory.mktemp("shims")
+    log = shims / "argv.log"
+    real = subprocess.run(["which", "git"], capture_output=True, text=True).stdout.strip()
+    (shims / "git").write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {log}\nexec {real} "$@"\n')
+    (shims / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shims}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+@pytest.fixture
 async def client(settings: Settings) -> Client:
     return await connect(settings)
 

@@ -4,8 +4,6 @@ GIT_ASKPASS against a real smart-HTTP server, publishing, and what a work tree c
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -158,18 +156,6 @@ def test_redact_strips_user_info_and_masks_the_secret() -> None:
 
 
 # --- credentials over smart HTTP -------------------------------------------------------------
-
-
-@pytest.fixture
-def argv_log(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every argv our code gives git, recorded by a shim first on PATH."""
-    shims = tmp_path_factory.mktemp("shims")
-    log = shims / "argv.log"
-    real = subprocess.run(["which", "git"], capture_output=True, text=True).stdout.strip()
-    (shims / "git").write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {log}\nexec {real} "$@"\n')
-    (shims / "git").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{shims}{os.pathsep}{os.environ['PATH']}")
-    return log
 
 
 async def register_key(db: Database, settings: Settings, name: str, token: str) -> None:
