@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from settings import LIMITS
 from strict import Name, Strict, Text
 from workflows.gate import GateConfig
-from workflows.jobs import StageSpec, check_stages
+from workflows.job_spec import StageSpec, check_stages
 
 SECRET_KEY = re.compile(r"token|secret|password|passwd|api_key|apikey|private", re.IGNORECASE)
 REDACTED = "***"

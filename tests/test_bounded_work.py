@@ -32,7 +32,8 @@ from tests.conftest import Api, serve
 from tests.jobs_helpers import GATE, create_job, event_types, stage, wait_state
 from worker import build_worker
 from workflows import attributes
-from workflows.jobs import JobInput, JobWorkflow
+from workflows.job_spec import JobInput
+from workflows.jobs import JobWorkflow
 
 pytestmark = pytest.mark.usefixtures("worker")
 

@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 from settings import LIMITS
 from strict import JsonObject, Name, PathText, Strict, Text, check_json
 from workflows.gate import GateConfig
-from workflows.jobs import ENV_NAME
+from workflows.job_spec import ENV_NAME
 
 RUN_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$"
 # No git transport that runs commands (`ext::`), and nothing git could take for an option.

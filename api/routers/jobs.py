@@ -32,15 +32,8 @@ from store.models import Decision, GateRow, Job
 from store.tokens import Principal, Scope
 from strict import JsonObject, Name, Params, Patch, Strict, Text, check_json
 from workflows.gate import DecisionOut, Outcome
-from workflows.jobs import (
-    JobInput,
-    JobState,
-    JobWorkflow,
-    ResumeIn,
-    ResumeOut,
-    StageSpec,
-    check_stages,
-)
+from workflows.job_spec import JobInput, JobState, ResumeIn, ResumeOut, StageSpec, check_stages
+from workflows.jobs import JobWorkflow
 from workflows.step_calls import SHORT_STEP_TASK_TIMEOUT
 
 router = strict_router(
