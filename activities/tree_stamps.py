@@ -7,11 +7,13 @@ since: any write, rename, chmod, creation or removal changes a ctime or the set 
 and a ctime cannot be set back. So a tree whose stamp is the one its last snapshot had is
 that snapshot's tree, and a step that changed nothing runs no git at all.
 
-The kernel keeps ctimes with a coarse clock: a write in the same tick as the stamp may
-leave the ctime it saw. A tree with an entry changed within `RACY_NS` of its stamp has no
+Timestamps are coarse: the kernel's clock ticks every few milliseconds, and some file
+systems keep whole seconds (two on FAT), so a write in the same tick as the one a stamp saw
+may leave the same ctime. A tree with an entry changed within `RACY_NS` of its stamp has no
 stamp (git's "racy" files, the same problem). A tree of more than `MAX_ENTRIES` entries, or
 one that is not the top of its git work tree (git would snapshot more than its files), has
-none either: git alone says what it holds.
+none either: git alone says what it holds. The stamp reads the work tree, not git's index:
+a step that only changes the index (`git rm --cached` of an ignored file) is not seen.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-RACY_NS = 100_000_000
+RACY_NS = 2_000_000_000
 MAX_ENTRIES = 2000
 # git prunes unreachable objects two weeks old at the earliest: a tree kept here is used
 # long before.
