@@ -50,12 +50,13 @@ async def snapshot(path: Path, locks: Path) -> str:
     await asyncio.to_thread(locks.mkdir, parents=True, exist_ok=True)
     async with locked(locks / f"snapshot-{name}.lock"):
         # Taken first: a change while git reads the tree makes it a stamp never seen again.
-        stamp = await asyncio.to_thread(tree_stamps.stamp, root)
-        tree = tree_stamps.known_tree(root, stamp)
+        before = await asyncio.to_thread(tree_stamps.stamp, root)
+        tree = tree_stamps.known_tree(root, before)
         if tree is None:
             await git(path, "add", "--all")
             tree = (await git(path, "write-tree")).strip()
-            tree_stamps.keep(root, stamp, tree)
+            after = await asyncio.to_thread(tree_stamps.stamp, root)
+            tree_stamps.keep(root, before, after, tree)
         return tree
 
 

@@ -16,12 +16,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from store import resources
 from store.models import Event, utcnow
+from store.resources import is_postgres
 
 CHANNEL = "pilothouse_events"
-
-
-def is_postgres(session: AsyncSession) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
 
 
 async def append(

@@ -35,6 +35,10 @@ def core(table: type[SQLModel]) -> sa.Table:
     return SQLModel.metadata.tables[str(table.__tablename__)]
 
 
+def is_postgres(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
 # Statements built once per table and shape, given their values as parameters: building
 # `.values(...)` anew cost about as much as running the statement, on paths every step takes.
 async def insert(session: AsyncSession, table: type[SQLModel], values: dict[str, Any]) -> None:
@@ -47,25 +51,36 @@ async def insert_new(
 ) -> bool:
     """INSERT a row unless one with the same `keys` is there; whether it was added (by
     RETURNING, which says so on both databases where rowcount did not on PostgreSQL)."""
-    postgres = session.get_bind().dialect.name == "postgresql"
-    added = await session.exec(_insert_new(table, postgres, keys), params=_known(table, values))
+    statement = _insert_new(table, is_postgres(session), keys)
+    added = await session.exec(statement, params=_known(table, values))
     return added.first() is not None
 
 
 async def update(
     session: AsyncSession, table: type[SQLModel], where: dict[str, Any], values: dict[str, Any]
 ) -> None:
-    """UPDATE `table` SET `values` where each column of `where` equals its value."""
+    """UPDATE `table` SET `values` where each column of `where` equals its value; no
+    values, no statement."""
+    if not values:
+        return
     params = {f"where_{key}": value for key, value in where.items()}
     await session.exec(_update(table, tuple(where)), params=params | _known(table, values))
 
 
 def _known(table: type[SQLModel], values: dict[str, Any]) -> dict[str, Any]:
     # A statement run with parameters ignores keys that name no column; a typo must fail.
-    unknown = values.keys() - core(table).c.keys()
+    unknown = values.keys() - _column_names(table)
     if unknown:
         raise ValueError(f"{table.__tablename__} has no column {', '.join(sorted(unknown))}")
     return values
+
+
+@functools.cache
+def _column_names(table: type[SQLModel]) -> frozenset[str]:
+    names = frozenset(core(table).c.keys())
+    # `update` names its WHERE parameters so; a column of that name would be taken for one.
+    assert not any(name.startswith("where_") for name in names), table
+    return names
 
 
 @functools.cache
@@ -148,6 +163,4 @@ async def set_ended(session: AsyncSession, kind: str, resource_id: str) -> None:
     """Stamp `completed_at` on a resource that keeps one, as it ends."""
     table = TABLES.get(kind)
     if table is not None and "completed_at" in table.model_fields:
-        await session.exec(
-            sa.update(table).where(sa.column("id") == resource_id).values(completed_at=utcnow())
-        )
+        await update(session, table, {"id": resource_id}, {"completed_at": utcnow()})

@@ -14,6 +14,12 @@ from activities import tree_stamps
 from activities.work_trees import LOCKS, changes, snapshot
 
 
+@pytest.fixture(autouse=True)
+def racy_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A short racy window keeps these tests quick; what it guards is the same."""
+    monkeypatch.setattr(tree_stamps, "RACY_NS", 200_000_000)
+
+
 def settled() -> None:
     """Wait until every change made so far is older than the racy window."""
     time.sleep(tree_stamps.RACY_NS / 1e9 + 0.05)
@@ -90,6 +96,38 @@ async def test_every_kind_of_change_is_seen(tmp_path: Path, argv_log: Path, chan
         "mkdir": [],
     }[change]
     assert sorted(diff.files_changed) == expected
+
+
+async def test_a_change_to_the_index_alone_is_seen(tmp_path: Path, argv_log: Path) -> None:
+    """A file tracked though ignored is in git's snapshot: `git add -f` changes the tree
+    without touching a file of the work tree."""
+    tree = work_tree(tmp_path)
+    (tree / ".gitignore").write_text("*.log\n")
+    (tree / "build.log").write_text("kept\n")
+    settled()
+    before = await snapshot(tree, tmp_path / LOCKS)
+    assert await snapshot(tree, tmp_path / LOCKS) == before  # from the stamp
+    subprocess.run(["git", "-C", str(tree), "add", "-f", "build.log"], check=True)
+    settled()
+    diff = await changes(tree, before, tmp_path, Path("p.patch"))
+    assert diff.files_changed == ["build.log"]
+
+
+async def test_a_commit_in_a_nested_repository_is_seen(tmp_path: Path, argv_log: Path) -> None:
+    """A nested repository is a gitlink in the snapshot: its commits change the tree, and
+    they live in its own `.git`, so a tree that holds one has no stamp."""
+    tree = work_tree(tmp_path)
+    nested = tree / "vendor"
+    subprocess.run(["git", "init", "--quiet", str(nested)], check=True)
+    commit = ["git", "-C", str(nested), "-c", "user.name=t", "-c", "user.email=t@t", "commit"]
+    subprocess.run([*commit, "--quiet", "--allow-empty", "-m", "one"], check=True)
+    settled()
+    assert tree_stamps.stamp(tree) is None
+    before = await snapshot(tree, tmp_path / LOCKS)
+    subprocess.run([*commit, "--quiet", "--allow-empty", "-m", "two"], check=True)
+    settled()
+    diff = await changes(tree, before, tmp_path, Path("p.patch"))
+    assert diff.files_changed == ["vendor"]
 
 
 def test_no_stamp_for_a_fresh_change_a_subdirectory_or_a_large_tree(tmp_path: Path) -> None:
