@@ -392,6 +392,26 @@ async def test_jobs_show_state_and_gate_in_the_temporal_ui(
     await wait_state(admin, job_id, "completed")
 
 
+async def test_a_job_upserts_its_state_when_it_changes_not_at_every_stage(
+    admin: httpx.AsyncClient, client: Client, worker: Worker
+) -> None:
+    """Each upsert is a history event and a visibility write on the server."""
+    job_id = await create_job(admin, *(stage(f"s{i}") for i in range(5)))
+    await wait_state(admin, job_id, "completed")
+    handle = client.get_workflow_handle(job_id)
+    await handle.result()
+    history = await handle.fetch_history()
+    upserts = [
+        e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields
+        for e in history.events
+        if e.HasField("upsert_workflow_search_attributes_event_attributes")
+    ]
+    upserted = [u["PilothouseState"].data for u in upserts if "PilothouseState" in u]
+    assert upserted == [b'"running"', b'"completed"']
+    attrs = {k.name: v for k, v in (await handle.describe()).typed_search_attributes}
+    assert attrs["PilothouseState"] == "completed"
+
+
 async def test_a_job_that_cannot_start_leaves_nothing_behind(api: Api) -> None:
     settings: Settings = api.settings
     offline = settings.model_copy(update={"temporal_address": f"127.0.0.1:{free_port()}"})

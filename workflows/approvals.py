@@ -12,7 +12,6 @@ from temporalio.exceptions import ApplicationError, is_cancelled_exception
 with workflow.unsafe.imports_passed_through():
     from activities.records import Transition
     from strict import explain
-    from workflows import attributes
     from workflows.gate import GateConfig, Gated, GateResult
 
 STAGE = "approval"
@@ -75,7 +74,7 @@ class ApprovalWorkflow(Gated):
         error: str | None = None,
         payload: dict[str, Any] | None = None,
     ) -> None:
-        workflow.upsert_search_attributes([attributes.STATE.value_set(state)])
+        self.show_state(state)
         await self.record(
             "records.transition",
             Transition(

@@ -46,6 +46,8 @@ Outcome = Literal["approve", "reject"]
 CARRIED_DECISIONS = "decisions-carried-by-the-next-activity"
 # Gates send Telegram messages when the worker has Telegram on (`records.gate_opened` says).
 TELEGRAM_NOTICES = "telegram-notices"
+# Workflows from before upserted their state at every transition, changed or not.
+STATE_ON_CHANGE = "state-attribute-upserted-on-change"
 # The notify activities never raise; their retries are for a worker lost on the way.
 NOTIFY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
 NOTIFY_MARGIN = timedelta(seconds=30)
@@ -201,6 +203,7 @@ class Gated:
         # last ended: that task carries its answer, which a local activity would hold.
         self._answering = 0
         self._answered_at = -1
+        self._shown_state: str | None = None
 
     # --- activities that write ---------------------------------------------------------
 
@@ -295,6 +298,14 @@ class Gated:
         """Whether a gate's row exists: the API can then decide it by its id."""
         gate = self._open.get(gate_id) or self._closed.get(gate_id)
         return gate is not None and gate.recorded
+
+    def show_state(self, state: str) -> None:
+        """The resource's state as the Temporal UI's `PilothouseState`. Each upsert is a
+        history event and a visibility write: a state already shown is not sent again."""
+        if state == self._shown_state and workflow.patched(STATE_ON_CHANGE):
+            return
+        self._shown_state = state
+        workflow.upsert_search_attributes([attributes.STATE.value_set(state)])
 
     # --- answering Updates ----------------------------------------------------------------
 

@@ -17,7 +17,6 @@ with workflow.unsafe.imports_passed_through():
     from activities.records import CarriesDecisions, Transition
     from activities.steps import StepInput
     from strict import explain
-    from workflows import attributes
     from workflows.gate import Gated
     from workflows.job_spec import (
         JobFailed,
@@ -166,7 +165,7 @@ class JobWorkflow(Gated):
 
     def _set_state(self, state: JobState, stage: str | None) -> None:
         self.state, self.stage = state, stage
-        workflow.upsert_search_attributes([attributes.STATE.value_set(state)])
+        self.show_state(state)
         workflow.set_current_details(f"**State** {state}\n\n**Stage** {stage or '-'}")
 
     async def _fail(self, error: str, kind: str) -> JobOutcome:

@@ -18,7 +18,6 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 with workflow.unsafe.imports_passed_through():
     from activities.records import IssueFact, Transition
     from activities.steps import StepInput, StepResult
-    from workflows import attributes
     from workflows.gate import Gated, cause, refuse
     from workflows.run_results import (
         AuditorResult,
@@ -386,7 +385,7 @@ class PhaseWork(Gated):
         """Record a transition of the run; with `defer`, by the next activity the run
         starts anyway (always before it waits on anything), to spare a round trip."""
         if state is not None:
-            workflow.upsert_search_attributes([attributes.STATE.value_set(state)])
+            self.show_state(state)
         fact = Transition(
             resource_kind=self.kind,
             resource_id=self.run_id,

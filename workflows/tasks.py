@@ -26,7 +26,6 @@ with workflow.unsafe.imports_passed_through():
     from activities.webhooks import WebhookIn
     from activities.workspaces import Clone, CloneIn, Published, PublishIn, ScratchIn, WorkspaceRef
     from strict import explain
-    from workflows import attributes
     from workflows.gate import RECORD_RETRY, RECORD_TIMEOUT, WORKER_LOSSES, cause, refuse
     from workflows.iterations import Instruction, IterationLoop
     from workflows.task_spec import (
@@ -468,7 +467,7 @@ class TaskWorkflow(IterationLoop):
 
     def _set_state(self, state: str, stage: str | None = None) -> None:
         self.state = state
-        workflow.upsert_search_attributes([attributes.STATE.value_set(state)])
+        self.show_state(state)
         workflow.set_current_details(
             f"**State** {state}\n\n**Branch** {self.branch or '-'}\n\n"
             f"**Iterations** {self.iterations}" + (f"\n\n**Running** {stage}" if stage else "")
