@@ -14,9 +14,9 @@ Timestamps are coarse: the kernel's clock ticks every few milliseconds, and some
 systems keep whole seconds (two on FAT), so a write in the same tick as the one a stamp saw
 may leave the same ctime. A tree with an entry changed within `RACY_NS` of its stamp has no
 stamp (git's "racy" files, the same problem). Nor has a tree of more than `MAX_ENTRIES`
-entries, one that is not the top of its own git directory (git would snapshot more than its
-files), or one holding another repository (a submodule's commits live outside its files):
-git alone says what they hold.
+entries (for an hour, without walking it again), one that is not the top of its own git
+directory (git would snapshot more than its files), or one holding another repository (a
+submodule's commits live outside its files): git alone says what they hold.
 """
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 RACY_NS = 2_000_000_000
-MAX_ENTRIES = 2000
+# Reading an entry's stamp costs ~8 µs: a tree found larger is left to git for `KEPT_S`.
+MAX_ENTRIES = 1000
 # git's gc prunes unreachable trees two weeks old; one pruned sooner (`git prune`) fails the
 # step's diff, which then runs again.
 KEPT_S = 3600.0
@@ -45,12 +47,17 @@ class Stamp:
 
 # By resolved path: the stamp of the tree's last snapshot, its git tree, when it was taken.
 _trees: OrderedDict[Path, tuple[Stamp, str, float]] = OrderedDict()
+# By resolved path: when the tree was found to have more than MAX_ENTRIES entries.
+_large: OrderedDict[Path, float] = OrderedDict()
 
 
 def stamp(root: Path) -> Stamp | None:
     """The stamp of the work tree at `root` (resolved), or None (blocking: run it in a
     thread)."""
     if not (root / ".git").is_dir():
+        return None
+    found_large = _large.get(root)
+    if found_large is not None and time.monotonic() - found_large < KEPT_S:
         return None
     settled_before = time.time_ns() - RACY_NS
     entries: list[str] = []
@@ -68,6 +75,7 @@ def stamp(root: Path) -> Stamp | None:
                     if max(info.st_ctime_ns, info.st_mtime_ns) >= settled_before:
                         return None
                     if len(entries) == MAX_ENTRIES:
+                        _remember(_large, root, time.monotonic())
                         return None
                     entries.append(_line(entry.path, info))
                     if entry.is_dir(follow_symlinks=False):
@@ -109,7 +117,11 @@ def keep(root: Path, before: Stamp | None, after: Stamp | None, tree: str) -> No
     if before is None or after is None or before.files != after.files:
         _trees.pop(root, None)
         return
-    _trees[root] = (after, tree, time.monotonic())
-    _trees.move_to_end(root)
-    while len(_trees) > KEPT_TREES:
-        _trees.popitem(last=False)
+    _remember(_trees, root, (after, tree, time.monotonic()))
+
+
+def _remember(kept: OrderedDict[Path, Any], root: Path, value: Any) -> None:
+    kept[root] = value
+    kept.move_to_end(root)
+    while len(kept) > KEPT_TREES:
+        kept.popitem(last=False)

@@ -23,6 +23,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from temporalio import activity
 
+from activities.empty_repository import make_empty_repository
 from activities.git import (
     CHECKOUT,
     REMOTE,
@@ -120,15 +121,21 @@ class Workspaces:
                 raise workspace_error(f"workdir {w.workdir} is not a directory")
             await git(path, "rev-parse", "--is-inside-work-tree")
             return Workspace(path=str(path))
-        path = self.data_dir.resolve() / "workspaces" / w.resource_id
+        path = self.settings.workspaces_dir / w.resource_id
         if await asyncio.to_thread((path / ".git").is_dir):
             return Workspace(path=str(path))  # a retried attempt: it was made already
-        await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
-        if w.repository:
-            await git(path.parent, "clone", "--quiet", "--", w.repository, str(path))
-        else:
-            await git(path, "init", "--quiet")
-            await git(path, "commit", "--quiet", "--allow-empty", "-m", "pilothouse: start")
+        aside = self._aside(w.resource_id)
+        await asyncio.to_thread(self.settings.workspaces_dir.mkdir, parents=True, exist_ok=True)
+        try:
+            if w.repository:
+                await git(
+                    self.settings.workspaces_dir, "clone", "--quiet", "--", w.repository, str(aside)
+                )
+            else:
+                await make_empty_repository(self.settings.workspaces_dir, aside)
+            await asyncio.to_thread(_rename_into_place, aside, path)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, aside, True)
         return Workspace(path=str(path))
 
     async def _token(self, ref: CredentialRef | None) -> str | None:
@@ -180,10 +187,8 @@ class Workspaces:
         if await asyncio.to_thread((path / ".git").is_dir):
             return await _existing(path, "main")
         aside = self._aside(s.owner_id)
-        await asyncio.to_thread(aside.mkdir, parents=True)
         try:
-            await git(aside, "init", "--quiet", "--initial-branch=main")
-            await git(aside, "commit", "--quiet", "--allow-empty", "-m", "pilothouse: start")
+            await make_empty_repository(self.settings.workspaces_dir, aside)
             commit = (await git(aside, "rev-parse", "HEAD")).strip()
             await git(aside, "config", "pilothouse.baseBranch", "main")
             await git(aside, "config", "pilothouse.baseCommit", commit)

@@ -4,6 +4,7 @@ whenever they cannot say it (activities/tree_stamps.py). A real git, counted by 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -144,3 +145,6 @@ def test_no_stamp_for_a_fresh_change_a_subdirectory_or_a_large_tree(tmp_path: Pa
         (many / str(i)).touch()
     settled()
     assert tree_stamps.stamp(tree) is None
+    shutil.rmtree(many)
+    settled()
+    assert tree_stamps.stamp(tree) is None  # not walked again for a while

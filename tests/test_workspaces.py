@@ -17,6 +17,7 @@ from activities.workspaces import (
     CloneIn,
     PublishIn,
     ScratchIn,
+    WorkspaceIn,
     WorkspaceRef,
     Workspaces,
     list_workspaces,
@@ -357,6 +358,29 @@ async def test_scratch_is_a_repository_with_one_empty_commit_and_is_reused(
     (path / "kept.txt").write_text("kept\n")
     again = await env.run(local.scratch, ScratchIn(owner_id="session-1"))
     assert again.reused and again.base_commit == made.base_commit and (path / "kept.txt").exists()
+
+
+async def test_scratch_repositories_are_copies_of_one_made_once(
+    local: Workspaces, argv_log: Path
+) -> None:
+    """A run with no directory or repository, and a scratch session, get their own empty
+    repository: a copy of one kept aside, so only the first costs git processes."""
+    one = Path((await env.run(local.prepare, WorkspaceIn(resource_id="run-1"))).path)
+    made_by_git = argv_log.read_text()
+    assert "init" in made_by_git and "commit" in made_by_git
+    two = Path((await env.run(local.prepare, WorkspaceIn(resource_id="run-2"))).path)
+    three = Path((await env.run(local.scratch, ScratchIn(owner_id="session-1"))).path)
+    assert "init" not in argv_log.read_text()[len(made_by_git) :]
+    for path in (one, two, three):
+        assert run_git(path, "symbolic-ref", "--short", "HEAD").strip() == "main"
+        assert run_git(path, "log", "--format=%s").strip() == "pilothouse: start"
+    (one / "f.txt").write_text("mine\n")
+    run_git(one, "add", "f.txt")
+    run_git(one, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one's own")
+    assert run_git(two, "rev-list", "--count", "HEAD").strip() == "1"
+    assert not (two / "f.txt").exists()
+    again = await env.run(local.prepare, WorkspaceIn(resource_id="run-1"))
+    assert again.path == str(one) and (one / "f.txt").exists()  # a retry finds it as left
 
 
 async def test_workspaces_are_listed_and_deleted(local: Workspaces, origin: Path) -> None:
