@@ -21,7 +21,10 @@ async def make_empty_repository(workspaces_dir: Path, path: Path) -> None:
     template = workspaces_dir / TEMPLATE
     if not await asyncio.to_thread((template / ".git").is_dir):
         await _make_template(workspaces_dir, template)
-    await asyncio.to_thread(shutil.copytree, template, path, symlinks=True)
+    # Contents and modes: the times and extended attributes of a template are not its copy's.
+    await asyncio.to_thread(
+        shutil.copytree, template, path, symlinks=True, copy_function=shutil.copy
+    )
 
 
 async def _make_template(workspaces_dir: Path, template: Path) -> None:
@@ -30,7 +33,8 @@ async def _make_template(workspaces_dir: Path, template: Path) -> None:
     aside = workspaces_dir / f"{TEMPLATE}.{uuid.uuid4().hex[:8]}.tmp"
     await asyncio.to_thread(aside.mkdir, parents=True)
     try:
-        await git(aside, "init", "--quiet", "--initial-branch=main")
+        # No template: git's sample hooks and description would be copied for every run.
+        await git(aside, "init", "--quiet", "--initial-branch=main", "--template=")
         await git(aside, "commit", "--quiet", "--allow-empty", "-m", "pilothouse: start")
         with contextlib.suppress(OSError):
             await asyncio.to_thread(os.rename, aside, template)
