@@ -16,7 +16,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from store import resources
 from store.models import Event, utcnow
-from store.resources import is_postgres
 
 CHANNEL = "pilothouse_events"
 
@@ -34,7 +33,7 @@ async def append(
     final: bool = False,
 ) -> None:
     """Add an event to the caller's transaction; it becomes visible at commit."""
-    postgres = is_postgres(session)
+    postgres = resources.is_postgres(session)
     if postgres:
         conn = await session.connection()
         await conn.execute(
