@@ -1,6 +1,6 @@
 """Scratch repositories: empty, with one empty commit on `main`, copied from one made once
 in the workspaces directory. `git init` and a first commit are two git processes, ~15 ms on
-the way of every run that names no directory or repository; a copy takes ~1 ms."""
+the way of every run that names no directory or repository; a copy takes ~2 ms."""
 
 from __future__ import annotations
 
