@@ -55,7 +55,8 @@ async def snapshot(path: Path, locks: Path) -> str:
         if tree is None:
             await git(path, "add", "--all")
             tree = (await git(path, "write-tree")).strip()
-            after = await asyncio.to_thread(tree_stamps.stamp, root)
+            # Without a first stamp nothing is kept: a second walk would be wasted.
+            after = await asyncio.to_thread(tree_stamps.stamp, root) if before else None
             tree_stamps.keep(root, before, after, tree)
         return tree
 
