@@ -21,7 +21,9 @@ from activities.agents import Agents
 from activities.execution_records import ExecutionRecords
 from activities.github import GitHub
 from activities.notify import Notify, notifying
+from activities.processes import watch_children_by_pidfd
 from activities.records import Records
+from activities.step_series import StepSeries
 from activities.steps import Steps
 from activities.webhooks import Webhooks
 from activities.workspaces import Workspaces
@@ -59,6 +61,7 @@ def activities(db: Database, settings: Settings) -> list[Callable[..., Any]]:
         notify.gate_reminder,
         notify.gate_closed,
         steps.run,
+        StepSeries(steps).run,
         workspaces.prepare,
         workspaces.clone,
         workspaces.scratch,
@@ -104,6 +107,7 @@ async def run(settings: Settings) -> None:
     worker = build_worker(client, db, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    watch_children_by_pidfd(loop)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     log.info("worker polling task queue %r on %s", settings.task_queue, settings.temporal_target)

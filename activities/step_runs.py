@@ -22,11 +22,15 @@ from store.models import StepRun, utcnow
 FINAL = ("succeeded", "failed", "timed_out", "idle")
 
 
-def key() -> str | None:
+def key(part: int | None = None) -> str | None:
     """The running local activity, named for good (a replay gives it the same sequence
-    number in the same workflow run); None for an ordinary activity."""
+    number in the same workflow run), and `part`, the step's place in a series that the
+    activity runs; None for an ordinary activity."""
     info = activity.info()
-    return f"{info.workflow_run_id}/{info.activity_id}" if info.is_local else None
+    if not info.is_local:
+        return None
+    name = f"{info.workflow_run_id}/{info.activity_id}"
+    return name if part is None else f"{name}/{part}"
 
 
 @dataclass

@@ -103,6 +103,19 @@ class Executed:
     outcome: str  # succeeded | failed | timed_out | idle
     attempt: int
 
+    def error(self, step: StepInput) -> ApplicationError | None:
+        """Why the step failed, as the error that fails its activity; None if it did not.
+        A failure is final once the step's own retries are spent."""
+        final = self.attempt > step.retries
+        details = self.result.model_dump()
+        if self.outcome == "timed_out":
+            message = f"step {step.stage!r} timed out after {step.timeout_seconds} s"
+            return ApplicationError(message, details, type="StepTimedOut", non_retryable=final)
+        if self.result.exit_code != 0:
+            message = failure(step, self.result.exit_code, self.result.tail)
+            return ApplicationError(message, details, type="StepFailed", non_retryable=final)
+        return None
+
 
 class Steps:
     """Bound to the worker's database and artifacts directory."""
@@ -114,23 +127,11 @@ class Steps:
     @activity.defn(name="steps.run")
     async def run(self, step: StepInput) -> StepResult:
         done = await self.execute(step)
-        result, attempt = done.result, done.attempt
-        if done.outcome == "timed_out":
-            raise ApplicationError(
-                f"step {step.stage!r} timed out after {step.timeout_seconds} s",
-                result.model_dump(),
-                type="StepTimedOut",
-                non_retryable=attempt > step.retries,
-            )
-        if result.exit_code != 0:
+        error = done.error(step)
+        if error is not None:
             # Attempts also count worker crashes, which the retry policy retries on its own.
-            raise ApplicationError(
-                failure(step, result.exit_code, result.tail),
-                result.model_dump(),
-                type="StepFailed",
-                non_retryable=attempt > step.retries,
-            )
-        return result
+            raise error
+        return done.result
 
     async def execute(
         self,
@@ -138,11 +139,13 @@ class Steps:
         *,
         shown_argv: list[str] | None = None,
         streaming: Streaming | None = None,
+        part: int | None = None,
     ) -> Executed:
         """Run the step and record it; its outcome is returned, only a cancel raises.
-        `shown_argv` is what `stage_started` shows instead of the argv (redactions)."""
+        `shown_argv` is what `stage_started` shows instead of the argv (redactions);
+        `part` is the step's place in a series that one activity runs (`step_series`)."""
         attempt = activity.info().attempt
-        key = step_runs.key()
+        key = step_runs.key(part)
         slug = stage_slug(step.stage)
         relative = Path(step.resource_id) / f"{slug}-{attempt}-{uuid.uuid4().hex[:8]}.log"
         path = self.artifacts_dir / relative

@@ -44,6 +44,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _sqlite_reset(dbapi_connection: Any, _record: Any, state: Any) -> None:
+    # Every statement and rollback is a trip to the connection's own thread (aiosqlite),
+    # and a connection back from a commit has nothing to roll back: roll back only one
+    # that is still in a transaction (a session closed without commit already did).
+    if not state.terminate_only and dbapi_connection.driver_connection.in_transaction:
+        dbapi_connection.rollback()
+
+
 class Database:
     """The engine and its session factory."""
 
@@ -54,7 +62,11 @@ class Database:
         # The peaks are what they were; on SQLite more writers would only wait longer on
         # its one write lock, unfairly, where the pool queues them in order.
         if is_sqlite(url):
-            kwargs: dict[str, Any] = {"pool_size": 15, "max_overflow": 0}
+            kwargs: dict[str, Any] = {
+                "pool_size": 15,
+                "max_overflow": 0,
+                "pool_reset_on_return": None,  # `_sqlite_reset` instead
+            }
         else:
             # A server can drop connections (restart, failover); a local file cannot,
             # so only PostgreSQL pays a ping per checkout.
@@ -62,6 +74,7 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(async_url(url), **kwargs)
         if is_sqlite(url):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "reset", _sqlite_reset)
         self._sessions = async_sessionmaker(
             self.engine, class_=AsyncSession, expire_on_commit=False
         )

@@ -262,16 +262,28 @@ async def test_a_failing_step_fails_the_job(admin: httpx.AsyncClient) -> None:
     assert types[-1] == "job_failed" and "never" not in str(types)
 
 
-@pytest.mark.parametrize("stage_timeout", [10, None], ids=["short-local", "open-ended"])
+@pytest.mark.parametrize(
+    ("stage_timeout", "before"),
+    [(10, 0), (10, 2), (None, 0)],
+    ids=["short-local", "short-series", "open-ended"],
+)
 async def test_cancel_kills_the_running_step(
-    api: Api, admin: httpx.AsyncClient, client: Client, tmp_path: Path, stage_timeout: float | None
+    api: Api,
+    admin: httpx.AsyncClient,
+    client: Client,
+    tmp_path: Path,
+    stage_timeout: float | None,
+    before: int,
 ) -> None:
-    """A short stage (a local activity) is canceled as an ordinary one is, before its own
-    timeout would have ended it `failed`."""
+    """A short stage (a local activity, alone or in a series after `before` others) is
+    canceled as an ordinary one is, before its own timeout would have ended it `failed`."""
     pidfile = tmp_path / "pid"
     extra: dict[str, Any] = {} if stage_timeout is None else {"timeout_seconds": stage_timeout}
     job_id = await create_job(
-        admin, stage("long", "sh", "-c", f"echo $$ > {pidfile}; exec sleep 60", **extra)
+        admin,
+        *(stage(f"first{i}", **extra) for i in range(before)),
+        stage("long", "sh", "-c", f"echo $$ > {pidfile}; exec sleep 60", **extra),
+        stage("after", **extra),
     )
     await wait_state(admin, job_id, "running")
     deadline = time.monotonic() + 20
@@ -352,6 +364,112 @@ async def test_approving_answers_before_a_short_next_stage_ends(
     history = await client.get_workflow_handle(job_id).fetch_history()
     slow = [e for e in history.events if b"slow" in e.user_metadata.summary.data]
     assert slow and all(e.HasField("activity_task_scheduled_event_attributes") for e in slow)
+
+
+def local_summaries(history: Any) -> list[str]:
+    """The Temporal UI's names of a history's local activities (their markers)."""
+    return [
+        e.user_metadata.summary.data.decode().strip('"')
+        for e in history.events
+        if e.marker_recorded_event_attributes.marker_name == "core_local_activity"
+    ]
+
+
+async def stage_events(admin: httpx.AsyncClient, job_id: str) -> list[tuple[str, str, str]]:
+    page = (await admin.get(f"/api/v1/jobs/{job_id}/events", params={"limit": 500})).json()
+    return [
+        (e["type"], e["stage"], e["status"])
+        for e in page["items"]
+        if e["type"] in ("stage_started", "step_finished")
+    ]
+
+
+async def test_consecutive_short_stages_run_as_one_series_up_to_a_gate(
+    admin: httpx.AsyncClient, client: Client
+) -> None:
+    """Each stage of a series still has its start, its end and its tail in the log, in
+    order; the series ends at a gate, and the stage right after a decision is an ordinary
+    activity (it starts in the task that answers the Update)."""
+    short: dict[str, Any] = {"timeout_seconds": 5}
+    job_id = await create_job(
+        admin,
+        stage("a", "echo", "A", **short),
+        stage("b", "echo", "B", **short),
+        stage("c", "echo", "C", gate=GATE, **short),
+        stage("d", **short),
+        stage("e", **short),
+        stage("f", "echo", "F", **short),
+    )
+    job = await wait_state(admin, job_id, "needs_approval")
+    assert job["stage"] == "c"
+    assert await stage_events(admin, job_id) == [
+        (t, s, st)
+        for s in "abc"
+        for t, st in (("stage_started", "running"), ("step_finished", "succeeded"))
+    ]
+    await admin.post(f"/api/v1/jobs/{job_id}/approve")
+    await wait_state(admin, job_id, "completed")
+    assert await stage_events(admin, job_id) == [
+        (t, s, st)
+        for s in "abcdef"
+        for t, st in (("stage_started", "running"), ("step_finished", "succeeded"))
+    ]
+    page = (await admin.get(f"/api/v1/jobs/{job_id}/events", params={"limit": 500})).json()
+    tails = {
+        e["stage"]: e["payload"]["tail"] for e in page["items"] if e["type"] == "step_finished"
+    }
+    assert (tails["a"], tails["b"], tails["f"]) == (["A"], ["B"], ["F"])
+    history = await client.get_workflow_handle(job_id).fetch_history()
+    assert local_summaries(history) == [
+        "a … c (up to 3 short steps)",
+        "e … f (up to 2 short steps)",
+    ]
+    [d] = [e for e in history.events if e.user_metadata.summary.data == b'"d"']
+    assert d.HasField("activity_task_scheduled_event_attributes")
+
+
+async def test_a_stage_that_fails_or_times_out_ends_its_series(
+    api: Api, admin: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    short: dict[str, Any] = {"timeout_seconds": 5}
+    never = tmp_path / "never"
+    boom = await create_job(
+        admin,
+        stage("a", **short),
+        stage("boom", "sh", "-c", "echo broken; exit 4", **short),
+        stage("never", "touch", str(never), **short),
+    )
+    slow = await create_job(
+        admin, stage("a", **short), stage("slow", "sleep", "30", timeout_seconds=1), stage("z")
+    )
+    failed = await wait_state(admin, boom, "failed")
+    assert failed["error"] == "boom: step 'boom' exited with status 4: broken"
+    assert failed["stage"] == "boom" and not never.exists()
+    assert [s for _, s, _ in await stage_events(admin, boom)] == ["a", "a", "boom", "boom"]
+    timed_out = await wait_state(admin, slow, "failed", seconds=30)
+    assert timed_out["error"] == "slow: step 'slow' timed out after 1.0 s"
+    assert (await stage_events(admin, slow))[-1] == ("step_finished", "slow", "timed_out")
+    assert (await event_types(admin, slow))[-1] == "job_failed"
+
+
+async def test_a_series_yields_its_workflow_task_after_a_second_of_work(
+    admin: httpx.AsyncClient, client: Client, tmp_path: Path
+) -> None:
+    """So that a cancel or an Update's answer waits no longer than behind one short stage."""
+    runs = tmp_path / "runs"
+    count = f"echo $PILOTHOUSE_STAGE >> {runs}; sleep 0.6"
+    job_id = await create_job(
+        admin, *(stage(f"s{i}", "sh", "-c", count, timeout_seconds=5) for i in range(5))
+    )
+    await wait_state(admin, job_id, "completed", seconds=30)
+    assert runs.read_text().split() == [f"s{i}" for i in range(5)]
+    history = await client.get_workflow_handle(job_id).fetch_history()
+    # 0.6 s a stage: a series ends after its second stage, past 1 s; the last runs alone.
+    assert local_summaries(history) == [
+        "s0 … s4 (up to 5 short steps)",
+        "s2 … s4 (up to 3 short steps)",
+        "s4",
+    ]
 
 
 async def test_artifacts_list_and_download(admin: httpx.AsyncClient) -> None:

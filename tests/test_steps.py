@@ -15,6 +15,7 @@ from sqlmodel import col, select
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
+from activities.step_series import SeriesInput, SeriesResult, StepSeries
 from activities.steps import StepInput, StepResult, Steps
 from settings import Settings
 from store.engine import Database
@@ -168,6 +169,37 @@ async def test_a_finished_local_step_answers_a_replay_from_its_record(
     assert len(await events_of(db)) == 1
     other: StepResult = await local_activity().run(steps.run, ran)
     assert other.artifact_id != first.artifact_id and count.read_text() == "ran\nran\n"
+
+
+async def test_a_series_replayed_runs_only_its_steps_that_did_not_finish(
+    steps: Steps, db: Database, tmp_path: Path
+) -> None:
+    """Each step of a series has a step-run key of its own (its place in the series): a
+    replay answers the finished ones and runs the rest, and a failing step ends it."""
+    counts = tmp_path / "counts"
+    counts.mkdir()
+
+    def counted(name: str, then: str = "true") -> StepInput:
+        script = f"echo ran >> {counts}/{name}; {then}"
+        return StepInput(
+            resource_kind="job", resource_id="job-test", stage=name, argv=["sh", "-c", script]
+        )
+
+    gate = tmp_path / "pass"
+    series = SeriesInput(
+        steps=[counted("a"), counted("b", f"test -e {gate}"), counted("c")], slice_seconds=60
+    )
+    env = local_activity()
+    failed: SeriesResult = await env.run(StepSeries(steps).run, series)
+    assert failed.error == "step 'b' exited with status 1" and len(failed.results) == 2
+    gate.touch()
+    # A replay of the same attempt comes to what it came to, and runs nothing.
+    assert await env.run(StepSeries(steps).run, series) == failed
+    env.info = dataclasses.replace(env.info, attempt=2)
+    retried: SeriesResult = await env.run(StepSeries(steps).run, series)
+    assert retried.error is None and retried.results[0] == failed.results[0]
+    runs = {p.name: len(p.read_text().splitlines()) for p in counts.iterdir()}
+    assert runs == {"a": 1, "b": 2, "c": 1}
 
 
 async def test_a_local_step_whose_changes_cannot_be_read_runs_again(

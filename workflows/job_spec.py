@@ -49,6 +49,11 @@ class StageSpec(Strict):
             raise ValueError("the program (the first item) is empty")
         return run
 
+    @property
+    def gated(self) -> bool:
+        """Whether the job stops at a gate after this stage."""
+        return self.gate is not None and self.gate.required
+
 
 class JobSpec(Strict):
     """What a job runs. The API checks it at create; the workflow checks it again, so input

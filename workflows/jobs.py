@@ -30,10 +30,12 @@ with workflow.unsafe.imports_passed_through():
         StageSpec,
         step_env,
     )
-    from workflows.step_calls import run_step
+    from workflows.step_calls import run_series, run_step
 
 # Failed jobs end their workflow failed (before, it completed with a `failed` outcome).
 FAILED_WORKFLOWS = "failed-jobs-fail-their-workflow"
+# Room a step's activity leaves after its command's timeout, for the kill and the record.
+MARGIN_S = 30
 
 
 @workflow.defn(name="JobWorkflow")
@@ -84,8 +86,14 @@ class JobWorkflow(Gated):
         while index < len(spec.stages):
             if workflow.info().is_continue_as_new_suggested():
                 await self._continue_as_new(job, JobPlace(index=index, openings=openings))
+            # The stages up to the next gate may run as one series (`run_series`).
+            end = next(
+                (i + 1 for i in range(index, len(spec.stages)) if spec.stages[i].gated),
+                len(spec.stages),
+            )
+            ran, error = await self._run_stages(job, spec.stages[index:end])
+            index += ran - 1
             stage = spec.stages[index]
-            error = await self._run_stage(job, stage)
             if error is not None:
                 return await self._fail(error, "StageFailed")
             gate = stage.gate
@@ -133,34 +141,49 @@ class JobWorkflow(Gated):
             await self.record("records.decisions", CarriesDecisions())
         workflow.continue_as_new(job.model_copy(update={"params": self.params, "place": place}))
 
-    async def _run_stage(self, job: JobInput, stage: StageSpec) -> str | None:
+    async def _run_stages(self, job: JobInput, stages: list[StageSpec]) -> tuple[int, str | None]:
+        """Run the first of `stages`, or as many as may run in one series; how many ran,
+        and the error text of the last one when it failed."""
+        steps = [self._step(job, stage) for stage in stages]
+        self._set_state("running", stages[0].name)
+        series = await run_series(self, steps, margin_s=MARGIN_S)
+        if series is None:
+            return 1, await self._run_stage(job, steps[0])
+        ran = len(series.results)
+        last = stages[ran - 1].name
+        self._set_state("running", last)
+        return ran, None if series.error is None else f"{last}: {series.error}"
+
+    def _step(self, job: JobInput, stage: StageSpec) -> StepInput:
+        return StepInput(
+            resource_kind=self.kind,
+            resource_id=job.job_id,
+            stage=stage.name,
+            argv=stage.run,
+            cwd=stage.cwd,
+            env=step_env(stage, self.params),
+            timeout_seconds=stage.timeout_seconds,
+            retries=stage.retries,
+            kill_grace_seconds=job.kill_grace_seconds,
+        )
+
+    async def _run_stage(self, job: JobInput, step: StepInput) -> str | None:
         """Run one stage's command; the error text when it failed, else None."""
-        self._set_state("running", stage.name)
         try:
             await run_step(
                 self,
-                StepInput(
-                    resource_kind=self.kind,
-                    resource_id=job.job_id,
-                    stage=stage.name,
-                    argv=stage.run,
-                    cwd=stage.cwd,
-                    env=step_env(stage, self.params),
-                    timeout_seconds=stage.timeout_seconds,
-                    retries=stage.retries,
-                    kill_grace_seconds=job.kill_grace_seconds,
-                ),
+                step,
                 heartbeat_timeout_s=job.heartbeat_timeout_seconds,
                 open_ended_s=7 * 24 * 3600,
-                margin_s=30,
+                margin_s=MARGIN_S,
             )
         except ActivityError as err:
             if is_cancelled_exception(err):
                 raise
             cause = err.cause
             if isinstance(cause, ApplicationError):
-                return f"{stage.name}: {cause.message}"
-            return f"{stage.name}: {cause or err}"
+                return f"{step.stage}: {cause.message}"
+            return f"{step.stage}: {cause or err}"
         return None
 
     def _set_state(self, state: JobState, stage: str | None) -> None:
