@@ -11,6 +11,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from store.sqlite_driver import OneTripDBAPI
+
 
 def sync_url(url: str) -> str:
     """The driver Alembic and the CLI use: pysqlite, or psycopg in sync mode."""
@@ -66,6 +68,7 @@ class Database:
                 "pool_size": 15,
                 "max_overflow": 0,
                 "pool_reset_on_return": None,  # `_sqlite_reset` instead
+                "module": OneTripDBAPI(),
             }
         else:
             # A server can drop connections (restart, failover); a local file cannot,
