@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
@@ -86,3 +90,57 @@ async def test_plain_statements_write_what_they_are_given_and_refuse_unknown_col
     assert stored is not None and (stored.outcome, stored.result) == ("succeeded", result)
     assert stored.created_at == started
     assert event.payload == {"a": [1]} and event.stage is None
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Database:
+    url = f"sqlite:///{tmp_path / 'trips.db'}"
+    migrate.upgrade(url)
+    return Database(url)
+
+
+async def test_sqlite_statements_take_one_trip_each_and_keep_their_results(
+    sqlite_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each call aiosqlite runs on its connection's thread is a trip (`sqlite_driver`):
+    a statement takes one, rows, rowcount and errors come back as SQLAlchemy's."""
+    trips: list[str] = []
+    execute = aiosqlite.Connection._execute
+
+    async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append(getattr(fn, "__name__", ""))
+        return await execute(self, fn, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+    async with sqlite_db.session() as session:  # the pool's connection, opened beforehand
+        await session.exec(select(Event).limit(1))
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    events = resources.core(Event)
+    rows = [
+        {"resource_kind": "job", "resource_id": f"j{i}", "type": "t", "message": "", "payload": {}}
+        | {"stage": None, "status": None, "final": False, "created_at": utcnow()}
+        for i in range(3)
+    ]
+    async with sqlite_db.session() as session:
+        await session.exec(sa.insert(events), params=rows)  # executemany
+        changed = await session.exec(
+            sa.update(events).where(events.c.resource_id != "j0").values(type="u")
+        )
+        found = (await session.exec(select(Event.resource_id, Event.type))).all()
+        await session.commit()
+    assert changed.rowcount == 2
+    assert sorted(found) == [("j0", "t"), ("j1", "u"), ("j2", "u")]
+    assert len(trips) == 4, trips  # three statements and the commit; no rollback after it
+    trips.clear()
+    async with sqlite_db.session() as session:
+        with pytest.raises(sa.exc.IntegrityError):
+            await session.exec(sa.insert(events), params={**rows[0], "id": 1})
+    # A session that ended without a commit is rolled back: nothing is left half-written,
+    # and the next writer is not locked out.
+    async with sqlite_db.session() as session:
+        await session.exec(sa.insert(events), params={**rows[0], "resource_id": "lost"})
+    async with sqlite_db.session() as session:
+        await session.exec(sa.insert(events), params={**rows[0], "resource_id": "kept"})
+        await session.commit()
+        ids = (await session.exec(select(Event.resource_id))).all()
+    assert "lost" not in ids and "kept" in ids
+    await sqlite_db.dispose()
