@@ -30,7 +30,7 @@ with workflow.unsafe.imports_passed_through():
         StageSpec,
         step_env,
     )
-    from workflows.step_calls import run_series, run_step
+    from workflows.step_calls import run_series, run_step, series_length
 
 # Failed jobs end their workflow failed (before, it completed with a `failed` outcome).
 FAILED_WORKFLOWS = "failed-jobs-fail-their-workflow"
@@ -145,14 +145,32 @@ class JobWorkflow(Gated):
         """Run the first of `stages`, or as many as may run in one series; how many ran,
         and the error text of the last one when it failed."""
         steps = [self._step(job, stage) for stage in stages]
-        self._set_state("running", stages[0].name)
-        series = await run_series(self, steps, margin_s=MARGIN_S)
-        if series is None:
-            return 1, await self._run_stage(job, steps[0])
+        count = series_length(self, steps)
+        first = stages[0].name
+        self._set_state(
+            "running", first, shown=f"{first} … {stages[count - 1].name}" if count else None
+        )
+        try:
+            if not count:
+                await run_step(
+                    self,
+                    steps[0],
+                    heartbeat_timeout_s=job.heartbeat_timeout_seconds,
+                    open_ended_s=7 * 24 * 3600,
+                    margin_s=MARGIN_S,
+                )
+                return 1, None
+            series = await run_series(self, steps[:count], margin_s=MARGIN_S)
+        except ActivityError as err:
+            if is_cancelled_exception(err):
+                raise
+            cause = err.cause
+            text = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+            return 1, f"{first}: {text}"
         ran = len(series.results)
-        last = stages[ran - 1].name
-        self._set_state("running", last)
-        return ran, None if series.error is None else f"{last}: {series.error}"
+        stage = stages[ran - 1].name
+        self._set_state("running", stage)
+        return ran, None if series.error is None else f"{stage}: {series.error}"
 
     def _step(self, job: JobInput, stage: StageSpec) -> StepInput:
         return StepInput(
@@ -167,29 +185,11 @@ class JobWorkflow(Gated):
             kill_grace_seconds=job.kill_grace_seconds,
         )
 
-    async def _run_stage(self, job: JobInput, step: StepInput) -> str | None:
-        """Run one stage's command; the error text when it failed, else None."""
-        try:
-            await run_step(
-                self,
-                step,
-                heartbeat_timeout_s=job.heartbeat_timeout_seconds,
-                open_ended_s=7 * 24 * 3600,
-                margin_s=MARGIN_S,
-            )
-        except ActivityError as err:
-            if is_cancelled_exception(err):
-                raise
-            cause = err.cause
-            if isinstance(cause, ApplicationError):
-                return f"{step.stage}: {cause.message}"
-            return f"{step.stage}: {cause or err}"
-        return None
-
-    def _set_state(self, state: JobState, stage: str | None) -> None:
+    def _set_state(self, state: JobState, stage: str | None, *, shown: str | None = None) -> None:
+        """`shown`: the stage as the Temporal UI's details say it (a series: its range)."""
         self.state, self.stage = state, stage
         self.show_state(state)
-        workflow.set_current_details(f"**State** {state}\n\n**Stage** {stage or '-'}")
+        workflow.set_current_details(f"**State** {state}\n\n**Stage** {shown or stage or '-'}")
 
     async def _fail(self, error: str, kind: str) -> JobOutcome:
         """Record the job failed, then end the workflow failed with `kind` as its type."""

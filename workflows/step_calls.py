@@ -82,20 +82,24 @@ async def run_step(
     return result
 
 
-async def run_series(
-    owner: Gated, steps: list[StepInput], *, margin_s: float
-) -> SeriesResult | None:
-    """Run the leading `steps` that are short and have no retries of their own as one
-    series; None when fewer than two are, and the caller runs the first alone. The series
-    may end before its last step (its slice): the result has one entry per step that ran."""
+def series_length(owner: Gated, steps: list[StepInput]) -> int:
+    """How many of the leading `steps` run as one series (`run_series`): those that are
+    short and have no retries of their own; 0 when fewer than two are, and the caller runs
+    the first alone."""
     count = 0
     while count < len(steps) and is_short(steps[count]) and steps[count].retries == 0:
         count += 1
     if count < 2 or not owner.may_hold_task() or not workflow.patched(SERIES):
-        return None
-    series = steps[:count]
+        return 0
+    return count
+
+
+async def run_series(owner: Gated, series: list[StepInput], *, margin_s: float) -> SeriesResult:
+    """Run `series` (as `series_length` chose it) in one local activity, carrying what
+    `owner` has to record. It may end before its last step (its slice): the result has one
+    entry per step that ran."""
     longest = max((s.timeout_seconds or 0) + s.kill_grace_seconds for s in series)
-    summary = f"{series[0].stage} … {series[-1].stage} (up to {count} short steps)"
+    summary = f"{series[0].stage} … {series[-1].stage} (up to {len(series)} short steps)"
     options = _options(SERIES_SLICE_S + longest + margin_s, 1 + WORKER_LOSSES, summary)
     result: SeriesResult = await owner.carrying(
         "steps.run_series",
