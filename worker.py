@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import py_compile
 import signal
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from temporalio.api.enums.v1 import IndexedValueType
@@ -100,10 +102,23 @@ async def ensure_search_attributes(client: Client, namespace: str) -> None:
         log.info("registered search attributes: %s", ", ".join(sorted(missing)))
 
 
+def cache_workflow_bytecode() -> None:
+    """Write the workflow modules' bytecode. The sandbox imports a workflow's module anew
+    for every run; with no cached bytecode (PYTHONDONTWRITEBYTECODE, as on the machines
+    this was measured on) it compiles the source every time: ~2.6 ms a job, ~4 ms a task.
+    Python reads a cache it may not write, and recompiles a source newer than it."""
+    for source in Path(attributes.__file__).parent.glob("*.py"):
+        try:
+            py_compile.compile(str(source), doraise=True)
+        except (OSError, py_compile.PyCompileError) as exc:
+            log.info("no bytecode cache for %s: %s", source.name, exc)
+
+
 async def run(settings: Settings) -> None:
     client = await connect_within(settings, 30)
     await ensure_search_attributes(client, settings.temporal_namespace)
     db = Database(settings.db_url)
+    cache_workflow_bytecode()
     worker = build_worker(client, db, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

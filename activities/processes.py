@@ -91,7 +91,8 @@ async def supervise(
         await asyncio.shield(stop_group(process, kill_grace_seconds))
         raise
     finally:
-        await asyncio.to_thread(pgid_file.unlink, True)
+        # On the loop, like `write_pgid_file`: cheaper than a thread's round trip.
+        pgid_file.unlink(missing_ok=True)  # noqa: ASYNC240
 
 
 async def stop_group(process: asyncio.subprocess.Process, grace_seconds: float) -> None:
@@ -140,7 +141,9 @@ def start_time(pid: int) -> str:
 
 
 def write_pgid_file(pgid_file: Path, pgid: int) -> None:
-    """Name the group as `stop_orphan` reads it back (blocking: run it in a thread)."""
+    """Name the group as `stop_orphan` reads it back. It blocks, briefly: a few bytes to a
+    local file cost less on the event loop than a thread's round trip (~0.2 ms a step in a
+    busy worker)."""
     pgid_file.write_text(f"{pgid} {start_time(pgid)}")
 
 

@@ -27,7 +27,7 @@ from temporalio.exceptions import ApplicationError
 from activities import step_runs, work_trees
 from activities.processes import Heard, stop_orphan, supervise, write_pgid_file
 from activities.records import CarriesDecisions, write_carried
-from activities.step_logs import close_pumps, describe_file, pump
+from activities.step_logs import close_pumps, describe_log, pump
 from activities.work_trees import Diff
 from store import events, resources
 from store.engine import Database
@@ -250,7 +250,7 @@ class Steps:
             out.write(f"pilothouse: cannot start {step.argv[0]!r}: {exc}\n".encode())
             return None
         # A worker killed mid-step leaves its group running; the next attempt stops it.
-        await asyncio.to_thread(write_pgid_file, pgid_file, process.pid)
+        write_pgid_file(pgid_file, process.pid)
         return process
 
     async def _started(
@@ -291,7 +291,7 @@ class Steps:
         return None
 
     async def _record(self, step: StepInput, ran: Ran) -> StepResult:
-        size, checksum, tail = await asyncio.to_thread(describe_file, ran.path, step.tail_lines)
+        size, checksum, tail = await describe_log(ran.path, step.tail_lines)
         artifact = Artifact(
             resource_kind=step.resource_kind,
             resource_id=step.resource_id,
