@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from pydantic import BaseModel, Field
+from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -98,6 +99,19 @@ class Ran:
 
 
 @dataclass
+class Link:
+    """Between two steps of a series (`step_series`): the next step is started in the
+    transaction that records the end of the one before, when that one succeeded before
+    `until` (the series' slice): one commit a step instead of two."""
+
+    step: StepInput
+    part: int
+    until: float  # time.monotonic()
+    started: bool = False
+    earlier: StepRun | None = None  # what `_started` would have answered
+
+
+@dataclass
 class Executed:
     result: StepResult
     outcome: str  # succeeded | failed | timed_out | idle
@@ -140,10 +154,13 @@ class Steps:
         shown_argv: list[str] | None = None,
         streaming: Streaming | None = None,
         part: int | None = None,
+        begun: Link | None = None,
+        then: Link | None = None,
     ) -> Executed:
         """Run the step and record it; its outcome is returned, only a cancel raises.
-        `shown_argv` is what `stage_started` shows instead of the argv (redactions);
-        `part` is the step's place in a series that one activity runs (`step_series`)."""
+        `shown_argv` is what `stage_started` shows instead of the argv (redactions).
+        In a series that one activity runs (`step_series`): `part` is the step's place,
+        `begun` the link whose record started it, `then` the link to the next step."""
         attempt = activity.info().attempt
         key = step_runs.key(part)
         slug = stage_slug(step.stage)
@@ -154,7 +171,10 @@ class Steps:
         if pgid_file.exists():
             await asyncio.to_thread(stop_orphan, pgid_file)
         shown = step.argv if shown_argv is None else shown_argv
-        earlier = await self._started(step, attempt, shown, key)
+        if begun is not None and begun.started:
+            earlier = begun.earlier
+        else:
+            earlier = await self._started(step, attempt, shown, key)
         if earlier is not None:
             result = StepResult.model_validate(earlier.result)
             return Executed(result=result, outcome=earlier.outcome, attempt=earlier.attempt)
@@ -192,7 +212,7 @@ class Steps:
                 await asyncio.shield(streaming.sink.drain())
             duration_ms = int((time.monotonic() - started) * 1000)
             ran = Ran(relative, path, exit_code, outcome, duration_ms, attempt, diff, key)
-            result = await asyncio.shield(self._record(step, ran))
+            result = await asyncio.shield(self._record(step, ran, then))
         return Executed(result=result, outcome=outcome, attempt=attempt)
 
     async def _execute(self, step: StepInput, out: BinaryIO, pgid_file: Path) -> tuple[int, str]:
@@ -259,38 +279,45 @@ class Steps:
         """Record the start; for a local step that ended before a replay, that end instead
         (nothing is written then, and nothing runs)."""
         async with self.db.session() as session:
-            first = True
-            if key is not None:
-                begun = await step_runs.begin(session, key, attempt, step.resource_id)
-                if begun.earlier is not None:
-                    return begun.earlier
-                first = begun.first
-            # The decision that let this stage start comes first in the log; a local step
-            # run again after a lost worker has written it already.
-            if first:
-                await write_carried(session, step)
-            await resources.set_fields(
-                session,
-                step.resource_kind,
-                step.resource_id,
-                state=step.resource_state,
-                stage=step.stage,
-            )
-            await resources.set_parts(session, step.resource_kind, step.resource_id, step.parts)
-            await events.append(
-                session,
-                step.resource_kind,
-                step.resource_id,
-                "stage_started",
-                stage=step.stage,
-                status="running",
-                message=f"{step.stage}: started (attempt {attempt})",
-                payload={"stage": step.stage, "attempt": attempt, "argv": argv},
-            )
-            await session.commit()
+            earlier = await self._write_start(session, step, attempt, argv, key)
+            if earlier is None:
+                await session.commit()
+        return earlier
+
+    async def _write_start(
+        self, session: AsyncSession, step: StepInput, attempt: int, argv: list[str], key: str | None
+    ) -> StepRun | None:
+        first = True
+        if key is not None:
+            begun = await step_runs.begin(session, key, attempt, step.resource_id)
+            if begun.earlier is not None:
+                return begun.earlier
+            first = begun.first
+        # The decision that let this stage start comes first in the log; a local step
+        # run again after a lost worker has written it already.
+        if first:
+            await write_carried(session, step)
+        await resources.set_fields(
+            session,
+            step.resource_kind,
+            step.resource_id,
+            state=step.resource_state,
+            stage=step.stage,
+        )
+        await resources.set_parts(session, step.resource_kind, step.resource_id, step.parts)
+        await events.append(
+            session,
+            step.resource_kind,
+            step.resource_id,
+            "stage_started",
+            stage=step.stage,
+            status="running",
+            message=f"{step.stage}: started (attempt {attempt})",
+            payload={"stage": step.stage, "attempt": attempt, "argv": argv},
+        )
         return None
 
-    async def _record(self, step: StepInput, ran: Ran) -> StepResult:
+    async def _record(self, step: StepInput, ran: Ran, then: Link | None) -> StepResult:
         size, checksum, tail = await describe_log(ran.path, step.tail_lines)
         artifact = Artifact(
             resource_kind=step.resource_kind,
@@ -324,6 +351,12 @@ class Steps:
                 await step_runs.end(
                     session, ran.key, ran.attempt, ran.outcome, result.model_dump(mode="json")
                 )
+            if then is not None and ran.outcome == "succeeded" and time.monotonic() < then.until:
+                key = step_runs.key(then.part)
+                then.earlier = await self._write_start(
+                    session, then.step, ran.attempt, then.step.argv, key
+                )
+                then.started = True
             await session.commit()
         return result
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -200,6 +201,35 @@ async def test_a_series_replayed_runs_only_its_steps_that_did_not_finish(
     assert retried.error is None and retried.results[0] == failed.results[0]
     runs = {p.name: len(p.read_text().splitlines()) for p in counts.iterdir()}
     assert runs == {"a": 1, "b": 2, "c": 1}
+
+
+async def test_a_series_commits_once_a_step_and_keeps_each_start_and_end(
+    steps: Steps, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next step's start goes in the transaction of the end before it."""
+    commits = 0
+    commit = AsyncSession.commit
+
+    async def counted(self: AsyncSession) -> None:
+        nonlocal commits
+        commits += 1
+        await commit(self)
+
+    monkeypatch.setattr(AsyncSession, "commit", counted)
+    series = SeriesInput(
+        steps=[
+            StepInput(resource_kind="job", resource_id="job-test", stage=name, argv=["true"])
+            for name in "abc"
+        ]
+    )
+    done: SeriesResult = await local_activity().run(StepSeries(steps).run, series)
+    assert done.error is None and len(done.results) == 3
+    assert commits == 4  # the first start, then one a step
+    async with db.session() as session:
+        rows = (await session.exec(select(Event).order_by(col(Event.id)))).all()
+    assert [(e.type, e.stage) for e in rows] == [
+        (t, s) for s in "abc" for t in ("stage_started", "step_finished")
+    ]
 
 
 async def test_a_local_step_whose_changes_cannot_be_read_runs_again(
