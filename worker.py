@@ -23,7 +23,7 @@ from activities.agents import Agents
 from activities.execution_records import ExecutionRecords
 from activities.github import GitHub
 from activities.notify import Notify, notifying
-from activities.processes import watch_children_by_pidfd
+from activities.processes import children_watched_by_pidfd
 from activities.records import Records
 from activities.step_series import StepSeries
 from activities.steps import Steps
@@ -122,11 +122,11 @@ async def run(settings: Settings) -> None:
     worker = build_worker(client, db, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    watch_children_by_pidfd(loop)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     log.info("worker polling task queue %r on %s", settings.task_queue, settings.temporal_target)
-    async with worker:
-        await stop.wait()
+    with children_watched_by_pidfd(loop):
+        async with worker:
+            await stop.wait()
     await db.dispose()
     log.info("worker stopped")

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,20 +26,29 @@ HEARTBEAT_S = 1.0
 GROUP_EXIT_S = 5.0
 
 
-def watch_children_by_pidfd(loop: asyncio.AbstractEventLoop) -> None:
-    """Have the event loop learn of its children's ends from pidfds. Python 3.11 waits for
-    each child in a thread started for it: about 0.3 ms and a thread for every step, and
-    that thread's wakeups contend for the GIL with the loop. Python 3.12 chooses pidfds on
-    its own where the kernel has them."""
+@contextlib.contextmanager
+def children_watched_by_pidfd(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+    """Have `loop`, while it runs the worker, learn of its children's ends from pidfds.
+    Python 3.11 waits for each child in a thread started for it: about 0.3 ms and a thread
+    for every step, and that thread's wakeups contend for the GIL with the loop. Python
+    3.12 chooses pidfds on its own where the kernel has them. The watcher is process-wide
+    and bound to `loop`: it goes when the block ends."""
     if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        yield
         return
     try:
         os.close(os.pidfd_open(os.getpid()))
     except OSError:  # a kernel before 5.3, or a sandbox that refuses it
+        yield
         return
     watcher = asyncio.PidfdChildWatcher()
     watcher.attach_loop(loop)
     asyncio.set_child_watcher(watcher)
+    try:
+        yield
+    finally:
+        # Closes it; Python 3.11's default takes over.
+        asyncio.set_child_watcher(asyncio.ThreadedChildWatcher())
 
 
 @dataclass

@@ -61,6 +61,10 @@ class Transition(CarriesDecisions):
     resource_id: str
     state: str | None = Field(None, description="The resource's new state; None keeps it")
     stage: str | None = None
+    keep_stage: bool = Field(
+        False,
+        description="Leave the row's stage as its steps set it (the workflow does not know it)",
+    )
     error: str | None = None
     event_type: str
     message: str = ""
@@ -166,8 +170,9 @@ async def write_transition(session: AsyncSession, t: Transition) -> None:
     """A resource's new state and its event; at its end, its open gates close with it."""
     await write_carried(session, t)
     state = {"state": t.state} if t.state is not None else {}
+    stage = {} if t.keep_stage else {"stage": t.stage}
     await resources.set_fields(
-        session, t.resource_kind, t.resource_id, stage=t.stage, error=t.error, **state, **t.changes
+        session, t.resource_kind, t.resource_id, error=t.error, **stage, **state, **t.changes
     )
     if t.final:
         await resources.set_ended(session, t.resource_kind, t.resource_id)

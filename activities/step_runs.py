@@ -22,15 +22,16 @@ from store.models import StepRun, utcnow
 FINAL = ("succeeded", "failed", "timed_out", "idle")
 
 
-def key(part: int | None = None) -> str | None:
+def key(part: int | None = None, stage: str = "") -> str | None:
     """The running local activity, named for good (a replay gives it the same sequence
-    number in the same workflow run), and `part`, the step's place in a series that the
-    activity runs; None for an ordinary activity."""
+    number in the same workflow run); in a series that the activity runs, the step's
+    `part` (its place) and `stage` too, so that a step is never answered with another's
+    end. None for an ordinary activity."""
     info = activity.info()
     if not info.is_local:
         return None
     name = f"{info.workflow_run_id}/{info.activity_id}"
-    return name if part is None else f"{name}/{part}"
+    return name if part is None else f"{name}/{part}/{stage}"
 
 
 @dataclass

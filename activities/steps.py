@@ -16,9 +16,10 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 from pydantic import BaseModel, Field
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -37,6 +38,7 @@ from store.models import Artifact, StepRun
 # What a step inherits from the worker; everything else (database URLs, tokens) stays out.
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "SHELL")
 NOT_STARTABLE = 127
+T = TypeVar("T")
 
 
 class StepInput(CarriesDecisions):
@@ -101,12 +103,11 @@ class Ran:
 @dataclass
 class Link:
     """Between two steps of a series (`step_series`): the next step is started in the
-    transaction that records the end of the one before, when that one succeeded before
-    `until` (the series' slice): one commit a step instead of two."""
+    transaction that records the end of the one before, when that one succeeded: one
+    commit a step instead of two."""
 
     step: StepInput
     part: int
-    until: float  # time.monotonic()
     started: bool = False
     earlier: StepRun | None = None  # what `_started` would have answered
 
@@ -157,19 +158,18 @@ class Steps:
         begun: Link | None = None,
         then: Link | None = None,
     ) -> Executed:
-        """Run the step and record it; its outcome is returned, only a cancel raises.
+        """Run the step and record it; its outcome is returned. A cancel raises, and so
+        does an error of Pilothouse's own (the database, the work tree), recorded `errored`.
         `shown_argv` is what `stage_started` shows instead of the argv (redactions).
         In a series that one activity runs (`step_series`): `part` is the step's place,
         `begun` the link whose record started it, `then` the link to the next step."""
         attempt = activity.info().attempt
-        key = step_runs.key(part)
+        key = step_runs.key(part, step.stage)
         slug = stage_slug(step.stage)
         relative = Path(step.resource_id) / f"{slug}-{attempt}-{uuid.uuid4().hex[:8]}.log"
         path = self.artifacts_dir / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         pgid_file = path.parent / f".{slug}.pgid"
-        if pgid_file.exists():
-            await asyncio.to_thread(stop_orphan, pgid_file)
         shown = step.argv if shown_argv is None else shown_argv
         if begun is not None and begun.started:
             earlier = begun.earlier
@@ -178,15 +178,20 @@ class Steps:
         if earlier is not None:
             result = StepResult.model_validate(earlier.result)
             return Executed(result=result, outcome=earlier.outcome, attempt=earlier.attempt)
-        locks = self.artifacts_dir / work_trees.LOCKS
-        before = (
-            await work_trees.snapshot(Path(step.cwd), locks) if step.diff and step.cwd else None
-        )
         started = time.monotonic()
-        outcome = "failed"
+        # Until the command's own outcome is known, an error here is Pilothouse's: the step
+        # did not end, and a replay runs it again rather than answer for it.
+        outcome = "errored"
         exit_code = NOT_STARTABLE
         diff: Diff | None = None
         try:
+            # Once the start is recorded, its end is too, whatever happens from here.
+            if pgid_file.exists():
+                await asyncio.to_thread(stop_orphan, pgid_file)
+            locks = self.artifacts_dir / work_trees.LOCKS
+            before = (
+                await work_trees.snapshot(Path(step.cwd), locks) if step.diff and step.cwd else None
+            )
             with path.open("wb") as out:
                 if streaming is None:
                     exit_code, outcome = await self._execute(step, out, pgid_file)
@@ -212,8 +217,29 @@ class Steps:
                 await asyncio.shield(streaming.sink.drain())
             duration_ms = int((time.monotonic() - started) * 1000)
             ran = Ran(relative, path, exit_code, outcome, duration_ms, attempt, diff, key)
-            result = await asyncio.shield(self._record(step, ran, then))
+            result = await finished(self._record(step, ran, then))
         return Executed(result=result, outcome=outcome, attempt=attempt)
+
+    async def abandon(self, link: Link) -> None:
+        """End the step `link` started, which never ran: a cancel came between the record
+        that started it and its run. Run it with `finished`."""
+        attempt = activity.info().attempt
+        stage = link.step.stage
+        async with self.db.session() as session:
+            await events.append(
+                session,
+                link.step.resource_kind,
+                link.step.resource_id,
+                "step_finished",
+                stage=stage,
+                status="canceled",
+                message=f"{stage}: canceled before it ran",
+                payload={"attempt": attempt},
+            )
+            key = step_runs.key(link.part, stage)
+            if key is not None:
+                await step_runs.end(session, key, attempt, "canceled", {})
+            await session.commit()
 
     async def _execute(self, step: StepInput, out: BinaryIO, pgid_file: Path) -> tuple[int, str]:
         process = await self._spawn(step, out, pgid_file, piped=False)
@@ -351,14 +377,31 @@ class Steps:
                 await step_runs.end(
                     session, ran.key, ran.attempt, ran.outcome, result.model_dump(mode="json")
                 )
-            if then is not None and ran.outcome == "succeeded" and time.monotonic() < then.until:
-                key = step_runs.key(then.part)
+            if then is not None and ran.outcome == "succeeded":
+                key = step_runs.key(then.part, then.step.stage)
                 then.earlier = await self._write_start(
                     session, then.step, ran.attempt, then.step.argv, key
                 )
                 then.started = True
             await session.commit()
         return result
+
+
+async def finished(work: Coroutine[Any, Any, T]) -> T:
+    """Run `work` to its end even when the caller is canceled meanwhile, then let the cancel
+    go on: a step's record is written before its activity says it was canceled, so the
+    resource's end, which the workflow writes after that, comes after it in the log."""
+    task = asyncio.ensure_future(work)
+    canceled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            canceled = True
+    result = task.result()
+    if canceled:
+        raise asyncio.CancelledError
+    return result
 
 
 def stage_slug(stage: str) -> str:

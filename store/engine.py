@@ -11,7 +11,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from store.sqlite_driver import OneTripDBAPI
+from store import sqlite_driver
 
 
 def sync_url(url: str) -> str:
@@ -49,8 +49,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_reset(dbapi_connection: Any, _record: Any, state: Any) -> None:
     # Every statement and rollback is a trip to the connection's own thread (aiosqlite),
     # and a connection back from a commit has nothing to roll back: roll back only one
-    # that is still in a transaction (a session closed without commit already did).
-    if not state.terminate_only and dbapi_connection.driver_connection.in_transaction:
+    # that is still in a transaction (a session closed without commit already did). One
+    # dropped without a loop to await on (garbage) is not reused: SQLAlchemy ends it.
+    if state.terminate_only or not state.asyncio_safe:
+        return
+    if dbapi_connection.driver_connection.in_transaction:
         dbapi_connection.rollback()
 
 
@@ -68,8 +71,9 @@ class Database:
                 "pool_size": 15,
                 "max_overflow": 0,
                 "pool_reset_on_return": None,  # `_sqlite_reset` instead
-                "module": OneTripDBAPI(),
             }
+            if sqlite_driver.usable():
+                kwargs["module"] = sqlite_driver.OneTripDBAPI()
         else:
             # A server can drop connections (restart, failover); a local file cannot,
             # so only PostgreSQL pays a ping per checkout.

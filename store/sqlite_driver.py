@@ -26,7 +26,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 from sqlalchemy.util import EMPTY_DICT
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Ran:
     """What SQLAlchemy reads of a cursor after it executed."""
 
@@ -34,6 +34,22 @@ class _Ran:
     rowcount: int
     lastrowid: int | None
     rows: list[Any]
+    arraysize: int = 1  # `fetchmany()`'s default size, as sqlite3's cursors have it
+
+
+def usable() -> bool:
+    """Whether the adapter and aiosqlite have the shape this module grows (SQLAlchemy 2.1,
+    aiosqlite up to 0.22); otherwise the stock adapter serves."""
+    import aiosqlite
+
+    return all(
+        (
+            hasattr(AsyncAdapt_aiosqlite_cursor, "_execute_async"),
+            hasattr(AsyncAdapt_aiosqlite_cursor, "_soft_closed_memoized"),
+            hasattr(aiosqlite.Connection, "_execute"),
+            hasattr(aiosqlite.Connection, "_conn"),
+        )
+    )
 
 
 def _run(connection: sqlite3.Connection, many: bool, operation: str, parameters: Any) -> _Ran:
@@ -75,6 +91,7 @@ class _Cursor(AsyncAdapt_aiosqlite_cursor):
             ran: _Ran = await connection._execute(
                 _run, connection._conn, many, operation, parameters
             )
+        ran.arraysize = self._cursor.arraysize
         self._cursor = ran  # type: ignore[assignment]
         self._rows = collections.deque(ran.rows)
         return ran

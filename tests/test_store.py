@@ -144,3 +144,29 @@ async def test_sqlite_statements_take_one_trip_each_and_keep_their_results(
         ids = (await session.exec(select(Event.resource_id))).all()
     assert "lost" not in ids and "kept" in ids
     await sqlite_db.dispose()
+
+
+async def test_a_sqlite_connection_back_in_the_pool_mid_transaction_is_rolled_back(
+    sqlite_db: Database,
+) -> None:
+    """The pool's own rollback is skipped after a commit (`_sqlite_reset`), not when a
+    connection comes back with a transaction open below SQLAlchemy's."""
+    async with sqlite_db.engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        driver: aiosqlite.Connection = raw.driver_connection  # type: ignore[assignment]
+        await driver.execute(
+            "INSERT INTO step_runs (key, attempt, resource_id, outcome, created_at)"
+            " VALUES ('open', 1, 'r', 'started', '2026-01-01')"
+        )
+        assert driver.in_transaction
+    async with sqlite_db.session() as session:
+        await resources.insert(
+            session,
+            StepRun,
+            {"key": "next", "attempt": 1, "resource_id": "r", "outcome": "started"}
+            | {"result": None, "created_at": utcnow()},
+        )
+        await session.commit()
+        keys = (await session.exec(select(StepRun.key))).all()
+    assert keys == ["next"]
+    await sqlite_db.dispose()

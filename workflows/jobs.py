@@ -38,6 +38,14 @@ FAILED_WORKFLOWS = "failed-jobs-fail-their-workflow"
 MARGIN_S = 30
 
 
+def failure(err: ActivityError) -> str:
+    """Why a step's activity failed, in words; a cancel is not a failure: it goes on."""
+    if is_cancelled_exception(err):
+        raise err
+    cause = err.cause
+    return cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+
+
 @workflow.defn(name="JobWorkflow")
 class JobWorkflow(Gated):
     kind = "job"
@@ -51,6 +59,7 @@ class JobWorkflow(Gated):
         self.stage: str | None = None
         self._resume: ResumeIn | None = None
         self._ended = False
+        self._series: str | None = None  # the stages of the series that runs
 
     @workflow.run
     async def run(self, job: JobInput) -> JobOutcome:
@@ -97,7 +106,7 @@ class JobWorkflow(Gated):
             if error is not None:
                 return await self._fail(error, "StageFailed")
             gate = stage.gate
-            if gate is None or not gate.required:
+            if gate is None or not stage.gated:
                 index += 1
                 continue
             openings[stage.name] = openings.get(stage.name, 0) + 1
@@ -147,11 +156,9 @@ class JobWorkflow(Gated):
         steps = [self._step(job, stage) for stage in stages]
         count = series_length(self, steps)
         first = stages[0].name
-        self._set_state(
-            "running", first, shown=f"{first} … {stages[count - 1].name}" if count else None
-        )
-        try:
-            if not count:
+        if not count:
+            self._set_state("running", first)
+            try:
                 await run_step(
                     self,
                     steps[0],
@@ -159,18 +166,21 @@ class JobWorkflow(Gated):
                     open_ended_s=7 * 24 * 3600,
                     margin_s=MARGIN_S,
                 )
-                return 1, None
+            except ActivityError as err:
+                return 1, f"{first}: {failure(err)}"
+            return 1, None
+        # Which stage of the series runs, the step executor says (the row, the events);
+        # a transition meanwhile (a cancel) leaves the row's stage as it set it.
+        self._series = f"{first} … {stages[count - 1].name}"
+        self._set_state("running", None, shown=self._series)
+        try:
             series = await run_series(self, steps[:count], margin_s=MARGIN_S)
         except ActivityError as err:
-            if is_cancelled_exception(err):
-                raise
-            cause = err.cause
-            text = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
-            return 1, f"{first}: {text}"
-        ran = len(series.results)
-        stage = stages[ran - 1].name
+            return 1, f"{self._series}: {failure(err)}"
+        self._series = None
+        stage = stages[series.ran - 1].name
         self._set_state("running", stage)
-        return ran, None if series.error is None else f"{stage}: {series.error}"
+        return series.ran, None if series.error is None else f"{stage}: {series.error}"
 
     def _step(self, job: JobInput, stage: StageSpec) -> StepInput:
         return StepInput(
@@ -220,10 +230,16 @@ class JobWorkflow(Gated):
                 resource_id=workflow.info().workflow_id,
                 state=state,
                 stage=self.stage,
+                keep_stage=self._series is not None,
                 error=error,
                 event_type=event_type,
                 message=message,
-                payload={"stage": self.stage, "status": state, **(payload or {})},
+                payload={
+                    "stage": self.stage,
+                    "status": state,
+                    **({"series": self._series} if self._series else {}),
+                    **(payload or {}),
+                },
                 final=final,
                 changes=changes or {},
             ),
