@@ -28,7 +28,8 @@ from temporalio.exceptions import ApplicationError
 
 from activities.agent_lines import AgentStream, number
 from activities.records import CarriesDecisions
-from activities.steps import NOT_STARTABLE, Executed, StepInput, Steps, Streaming, stage_slug
+from activities.step_records import StepInput
+from activities.steps import NOT_STARTABLE, Executed, Steps, Streaming, stage_slug
 from activities.work_trees import Diff
 from settings import Settings
 from store.engine import Database

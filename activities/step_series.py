@@ -19,7 +19,8 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 
 from activities.records import CarriesDecisions
-from activities.steps import Link, StepInput, Steps, finished
+from activities.step_records import Link, StepInput, finished
+from activities.steps import Steps
 
 
 class SeriesInput(CarriesDecisions):
@@ -52,7 +53,7 @@ class StepSeries:
             except asyncio.CancelledError:
                 if then is not None and then.started and then.earlier is None:
                     # The cancel came between this step's record and the next one's run.
-                    await finished(self.steps.abandon(then))
+                    await finished(self.steps.records.abandon(then))
                 raise
             error = done.error(step)
             if error is not None:

@@ -16,55 +16,30 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, TypeVar
+from typing import BinaryIO, Protocol
 
-from pydantic import BaseModel, Field
-from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import step_runs, work_trees
 from activities.processes import Heard, stop_orphan, supervise, write_pgid_file
-from activities.records import CarriesDecisions, write_carried
-from activities.step_logs import close_pumps, describe_log, pump
+from activities.step_logs import close_pumps, pump
+from activities.step_records import (
+    Link,
+    Ran,
+    StepInput,
+    StepRecords,
+    StepResult,
+    finished,
+)
 from activities.work_trees import Diff
-from store import events, resources
 from store.engine import Database
-from store.models import Artifact, StepRun
 
 # What a step inherits from the worker; everything else (database URLs, tokens) stays out.
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "SHELL")
 NOT_STARTABLE = 127
-T = TypeVar("T")
-
-
-class StepInput(CarriesDecisions):
-    resource_kind: str
-    resource_id: str
-    stage: str
-    argv: list[str] = Field(min_length=1)
-    cwd: str | None = None
-    env: dict[str, str] = Field(default_factory=dict)
-    timeout_seconds: float | None = Field(None, gt=0)
-    retries: int = Field(0, ge=0, description="Times a failing command runs again")
-    kill_grace_seconds: float = Field(5.0, ge=0)
-    tail_lines: int = Field(20, ge=0, le=200)
-    diff: bool = Field(False, description="Report what the command changed in `cwd`'s work tree")
-    resource_state: str = Field("running", description="The resource's state while it runs")
-    parts: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="Parts' columns to set as it starts (`records`)"
-    )
-
-
-class StepResult(BaseModel):
-    exit_code: int
-    artifact_id: str
-    tail: list[str]
-    duration_ms: int
-    diff: Diff | None = None
 
 
 class LineSink(Protocol):
@@ -84,32 +59,6 @@ class Streaming:
 
     sink: LineSink
     idle_timeout_seconds: float | None = None
-
-
-@dataclass
-class Ran:
-    """What one attempt came to, for the record."""
-
-    relative: Path
-    path: Path
-    exit_code: int
-    outcome: str  # succeeded | failed | timed_out | idle | canceled
-    duration_ms: int
-    attempt: int
-    diff: Diff | None
-    key: str | None
-
-
-@dataclass
-class Link:
-    """Between two steps of a series (`step_series`): the next step is started in the
-    transaction that records the end of the one before, when that one succeeded: one
-    commit a step instead of two."""
-
-    step: StepInput
-    part: int
-    started: bool = False
-    earlier: StepRun | None = None  # what `_started` would have answered
 
 
 @dataclass
@@ -138,6 +87,7 @@ class Steps:
     def __init__(self, db: Database, artifacts_dir: Path) -> None:
         self.db = db
         self.artifacts_dir = artifacts_dir
+        self.records = StepRecords(db)
 
     @activity.defn(name="steps.run")
     async def run(self, step: StepInput) -> StepResult:
@@ -174,7 +124,7 @@ class Steps:
         if begun is not None and begun.started:
             earlier = begun.earlier
         else:
-            earlier = await self._started(step, attempt, shown, key)
+            earlier = await self.records.started(step, attempt, shown, key)
         if earlier is not None:
             result = StepResult.model_validate(earlier.result)
             return Executed(result=result, outcome=earlier.outcome, attempt=earlier.attempt)
@@ -217,29 +167,8 @@ class Steps:
                 await asyncio.shield(streaming.sink.drain())
             duration_ms = int((time.monotonic() - started) * 1000)
             ran = Ran(relative, path, exit_code, outcome, duration_ms, attempt, diff, key)
-            result = await finished(self._record(step, ran, then))
+            result = await finished(self.records.ended(step, ran, then))
         return Executed(result=result, outcome=outcome, attempt=attempt)
-
-    async def abandon(self, link: Link) -> None:
-        """End the step `link` started, which never ran: a cancel came between the record
-        that started it and its run. Run it with `finished`."""
-        attempt = activity.info().attempt
-        stage = link.step.stage
-        async with self.db.session() as session:
-            await events.append(
-                session,
-                link.step.resource_kind,
-                link.step.resource_id,
-                "step_finished",
-                stage=stage,
-                status="canceled",
-                message=f"{stage}: canceled before it ran",
-                payload={"attempt": attempt},
-            )
-            key = step_runs.key(link.part, stage)
-            if key is not None:
-                await step_runs.end(session, key, attempt, "canceled", {})
-            await session.commit()
 
     async def _execute(self, step: StepInput, out: BinaryIO, pgid_file: Path) -> tuple[int, str]:
         process = await self._spawn(step, out, pgid_file, piped=False)
@@ -298,110 +227,6 @@ class Steps:
         # A worker killed mid-step leaves its group running; the next attempt stops it.
         write_pgid_file(pgid_file, process.pid)
         return process
-
-    async def _started(
-        self, step: StepInput, attempt: int, argv: list[str], key: str | None
-    ) -> StepRun | None:
-        """Record the start; for a local step that ended before a replay, that end instead
-        (nothing is written then, and nothing runs)."""
-        async with self.db.session() as session:
-            earlier = await self._write_start(session, step, attempt, argv, key)
-            if earlier is None:
-                await session.commit()
-        return earlier
-
-    async def _write_start(
-        self, session: AsyncSession, step: StepInput, attempt: int, argv: list[str], key: str | None
-    ) -> StepRun | None:
-        first = True
-        if key is not None:
-            begun = await step_runs.begin(session, key, attempt, step.resource_id)
-            if begun.earlier is not None:
-                return begun.earlier
-            first = begun.first
-        # The decision that let this stage start comes first in the log; a local step
-        # run again after a lost worker has written it already.
-        if first:
-            await write_carried(session, step)
-        await resources.set_fields(
-            session,
-            step.resource_kind,
-            step.resource_id,
-            state=step.resource_state,
-            stage=step.stage,
-        )
-        await resources.set_parts(session, step.resource_kind, step.resource_id, step.parts)
-        await events.append(
-            session,
-            step.resource_kind,
-            step.resource_id,
-            "stage_started",
-            stage=step.stage,
-            status="running",
-            message=f"{step.stage}: started (attempt {attempt})",
-            payload={"stage": step.stage, "attempt": attempt, "argv": argv},
-        )
-        return None
-
-    async def _record(self, step: StepInput, ran: Ran, then: Link | None) -> StepResult:
-        size, checksum, tail = await describe_log(ran.path, step.tail_lines)
-        artifact = Artifact(
-            resource_kind=step.resource_kind,
-            resource_id=step.resource_id,
-            stage=step.stage,
-            kind="log",
-            path=str(ran.relative),
-            size_bytes=size,
-            checksum_sha256=checksum,
-        )
-        result = StepResult(
-            exit_code=ran.exit_code,
-            artifact_id=artifact.id,
-            tail=tail,
-            duration_ms=ran.duration_ms,
-            diff=ran.diff,
-        )
-        async with self.db.session() as session:
-            await resources.insert(session, Artifact, artifact.model_dump())
-            await events.append(
-                session,
-                step.resource_kind,
-                step.resource_id,
-                "step_finished",
-                stage=step.stage,
-                status=ran.outcome,
-                message=f"{step.stage}: {ran.outcome} (exit {ran.exit_code})",
-                payload={**result.model_dump(exclude={"diff"}), "attempt": ran.attempt},
-            )
-            if ran.key is not None:
-                await step_runs.end(
-                    session, ran.key, ran.attempt, ran.outcome, result.model_dump(mode="json")
-                )
-            if then is not None and ran.outcome == "succeeded":
-                key = step_runs.key(then.part, then.step.stage)
-                then.earlier = await self._write_start(
-                    session, then.step, ran.attempt, then.step.argv, key
-                )
-                then.started = True
-            await session.commit()
-        return result
-
-
-async def finished(work: Coroutine[Any, Any, T]) -> T:
-    """Run `work` to its end even when the caller is canceled meanwhile, then let the cancel
-    go on: a step's record is written before its activity says it was canceled, so the
-    resource's end, which the workflow writes after that, comes after it in the log."""
-    task = asyncio.ensure_future(work)
-    canceled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            canceled = True
-    result = task.result()
-    if canceled:
-        raise asyncio.CancelledError
-    return result
 
 
 def stage_slug(stage: str) -> str:

@@ -17,8 +17,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
+from activities.step_records import StepInput, StepRecords, StepResult
 from activities.step_series import SeriesInput, SeriesResult, StepSeries
-from activities.steps import StepInput, StepResult, Steps
+from activities.steps import Steps
 from settings import Settings
 from store.engine import Database
 from store.models import Artifact, Event
@@ -255,16 +256,16 @@ async def test_a_cancel_during_a_record_lets_it_end_and_ends_the_step_it_started
 ) -> None:
     """The next step's start is written with the end before it; a cancel that comes then
     waits for that record, and the step that never ran gets its end too."""
-    write_start = Steps._write_start
+    write_start = StepRecords._write_start
     writing = asyncio.Event()
 
-    async def slowly(self: Steps, session: AsyncSession, step: StepInput, *args: Any) -> Any:
+    async def slowly(self: StepRecords, session: AsyncSession, step: StepInput, *args: Any) -> Any:
         if step.stage == "b":
             writing.set()
             await asyncio.sleep(0.3)
         return await write_start(self, session, step, *args)
 
-    monkeypatch.setattr(Steps, "_write_start", slowly)
+    monkeypatch.setattr(StepRecords, "_write_start", slowly)
     series = SeriesInput(
         steps=[
             StepInput(resource_kind="job", resource_id="job-test", stage=name, argv=["true"])

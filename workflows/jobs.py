@@ -15,7 +15,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 
 with workflow.unsafe.imports_passed_through():
     from activities.records import CarriesDecisions, Transition
-    from activities.steps import StepInput
+    from activities.step_records import StepInput
     from strict import explain
     from workflows.gate import Gated
     from workflows.job_spec import (

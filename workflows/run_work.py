@@ -17,7 +17,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 
 with workflow.unsafe.imports_passed_through():
     from activities.records import IssueFact, Transition
-    from activities.steps import StepInput, StepResult
+    from activities.step_records import StepInput, StepResult
     from workflows.gate import Gated, cause, refuse
     from workflows.run_results import (
         AuditorResult,

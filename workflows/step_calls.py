@@ -25,8 +25,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
+    from activities.step_records import StepInput, StepResult
     from activities.step_series import SeriesInput, SeriesResult
-    from activities.steps import StepInput, StepResult
     from workflows.gate import WORKER_LOSSES, Gated
 
 SHORT_STEP_S = 10.0
