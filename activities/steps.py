@@ -134,15 +134,17 @@ class Steps:
         outcome = "errored"
         exit_code = NOT_STARTABLE
         diff: Diff | None = None
+        before = None
         try:
-            # Once the start is recorded, its end is too, whatever happens from here.
-            if pgid_file.exists():
-                await asyncio.to_thread(stop_orphan, pgid_file)
-            locks = self.artifacts_dir / work_trees.LOCKS
-            before = (
-                await work_trees.snapshot(Path(step.cwd), locks) if step.diff and step.cwd else None
-            )
+            # Once the start is recorded, its end is too, whatever happens from here; the
+            # log comes first, as the end describes it.
             with path.open("wb") as out:
+                if pgid_file.exists():
+                    await asyncio.to_thread(stop_orphan, pgid_file)
+                if step.diff and step.cwd:
+                    locks = self.artifacts_dir / work_trees.LOCKS
+                    before = await work_trees.snapshot(Path(step.cwd), locks)
+                started = time.monotonic()  # the command's own time
                 if streaming is None:
                     exit_code, outcome = await self._execute(step, out, pgid_file)
                 else:
