@@ -295,7 +295,12 @@ async def test_revise_builds_again_then_fails_past_max_attempts(
     assert phases["p3"].state == "SKIPPED"
     seen = (api.settings.data_dir / "workspaces" / run_id / "seen.txt").read_text()
     assert '"issue_key": "k"' in seen.splitlines()[1]
-    described = await client.get_workflow_handle(run_id).describe()
+    # The row says how the run ended a moment before the workflow closes: wait for the close.
+    handle = client.get_workflow_handle(run_id)
+    deadline = time.monotonic() + 20
+    while (described := await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
     assert described.status == WorkflowExecutionStatus.FAILED
 
 
