@@ -17,7 +17,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.records import CarriesDecisions, Transition
     from activities.step_records import StepInput
     from strict import explain
-    from workflows.gate import Gated
+    from workflows.gate import Gated, cause
     from workflows.job_spec import (
         JobFailed,
         JobInput,
@@ -36,14 +36,6 @@ with workflow.unsafe.imports_passed_through():
 FAILED_WORKFLOWS = "failed-jobs-fail-their-workflow"
 # Room a step's activity leaves after its command's timeout, for the kill and the record.
 MARGIN_S = 30
-
-
-def failure(err: ActivityError) -> str:
-    """Why a step's activity failed, in words; a cancel is not a failure: it goes on."""
-    if is_cancelled_exception(err):
-        raise err
-    cause = err.cause
-    return cause.message if isinstance(cause, ApplicationError) else str(cause or err)
 
 
 @workflow.defn(name="JobWorkflow")
@@ -167,7 +159,9 @@ class JobWorkflow(Gated):
                     margin_s=MARGIN_S,
                 )
             except ActivityError as err:
-                return 1, f"{first}: {failure(err)}"
+                if is_cancelled_exception(err):
+                    raise
+                return 1, f"{first}: {cause(err)}"
             return 1, None
         # Which stage of the series runs, the step executor says (the row, the events);
         # a transition meanwhile (a cancel) leaves the row's stage as it set it.
@@ -176,7 +170,9 @@ class JobWorkflow(Gated):
         try:
             series = await run_series(self, steps[:count], margin_s=MARGIN_S)
         except ActivityError as err:
-            return 1, f"{self._series}: {failure(err)}"
+            if is_cancelled_exception(err):
+                raise
+            return 1, f"{self._series}: {cause(err)}"
         self._series = None
         stage = stages[series.ran - 1].name
         self._set_state("running", stage)
