@@ -23,7 +23,7 @@ from api.decisions import refusal
 from api.errors import ApiError, not_found
 from api.metrics import WORKFLOW_STARTS
 from settings import Settings
-from store import events, idempotency
+from store import events, idempotency, resources
 from store.models import Event, IdempotencyKey
 from store.tokens import Principal
 from workflows import attributes
@@ -53,7 +53,6 @@ async def create_and_start(
     `task_timeout`: the workflow task's, when the family wants another than Temporal's."""
     row = new_row()
     table = type(row)
-    made: list[SQLModel] = []
     # Only a keyed create is compared with an earlier one.
     print_ = idempotency.fingerprint(body.model_dump(mode="json")) if key else ""
     fresh = True
@@ -62,22 +61,19 @@ async def create_and_start(
         if earlier:
             row, fresh = await _load(session, table, earlier), False
         else:
-            session.add(row)
+            # The key is claimed in the row's transaction, once the row is known new.
+            await _insert(session, kind, row, [row])
             if key:
-                # The key is claimed in the row's transaction, once the row is known new.
-                await _insert(session, kind, row)
-                rid = row.id  # type: ignore[attr-defined]
+                rid = _id(row)
                 winner = await idempotency.claim(
                     session, kind, principal.token_id, key, print_, rid
                 )
                 if winner != rid:
                     row, fresh = await _load(session, table, winner), False
             if fresh:
-                # Rows of the resource's parts (a run's tiers and phases) go in with it, in
-                # one flush (a taken id is a 409 there); its first event follows.
-                made = list(children(row))
-                session.add_all(made)
-                await _insert(session, kind, row)
+                # Rows of the resource's parts (a run's tiers and phases) go in with it
+                # (a taken id is a 409 there); its first event follows.
+                await _insert(session, kind, row, children(row))
                 await events.append(session, kind, _id(row), f"{kind}_created", **created_event)
                 await session.commit()
     except idempotency.KeyReused:
@@ -104,7 +100,7 @@ async def create_and_start(
         )
     except Exception as exc:
         if fresh:
-            await _undo(session, row, made)
+            await _undo(session, kind, _id(row), table)
         if isinstance(exc, RPCError) and exc.status == RPCStatusCode.INVALID_ARGUMENT:
             raise refusal(exc) from None
         raise ApiError(503, "TEMPORAL_UNAVAILABLE", f"could not start the {kind}: {exc}") from None
@@ -113,9 +109,17 @@ async def create_and_start(
     return row
 
 
-async def _insert(session: AsyncSession, kind: str, row: SQLModel) -> None:
+async def _insert(
+    session: AsyncSession, kind: str, row: SQLModel, rows: Sequence[SQLModel]
+) -> None:
+    """Plain INSERTs, one per table: the ORM's unit of work costs more than the statements
+    on the path every create takes. The rows stay out of the session."""
+    by_table: dict[type[SQLModel], list[dict[str, Any]]] = {}
+    for each in rows:
+        by_table.setdefault(type(each), []).append(_values(each))
     try:
-        await session.flush()
+        for table, values in by_table.items():
+            await resources.insert_many(session, table, values)
     except sa.exc.IntegrityError:
         # The caller chose the id (a run's run_id) and it is taken; with a key, the key is
         # new, so this is not a repeat of the request that took it.
@@ -123,6 +127,15 @@ async def _insert(session: AsyncSession, kind: str, row: SQLModel) -> None:
         raise ApiError(
             409, f"{kind.upper()}_EXISTS", f"a {kind} {_id(row)!r} exists already"
         ) from None
+
+
+def _values(row: SQLModel) -> dict[str, Any]:
+    # An autoincrement key left unset is left out, so the database numbers it.
+    return {
+        column.key: value
+        for column in resources.core(type(row)).columns
+        if (value := getattr(row, column.key)) is not None or not column.primary_key
+    }
 
 
 def _id(row: SQLModel) -> str:
@@ -136,12 +149,16 @@ async def _load(session: AsyncSession, table: type[Row], resource_id: str) -> Ro
     return row
 
 
-async def _undo(session: AsyncSession, row: SQLModel, children: list[SQLModel]) -> None:
+async def _undo(session: AsyncSession, kind: str, resource_id: str, table: type[SQLModel]) -> None:
     """No workflow means no resource: take back the row, its parts, events and key."""
-    resource_id = _id(row)
-    for child in children:
-        await session.delete(child)
-    await session.delete(row)
+    for (owner_kind, _), (part, owner, _) in resources.PARTS.items():
+        if owner_kind == kind:
+            await session.exec(
+                sa.delete(resources.core(part)).where(resources.core(part).c[owner] == resource_id)
+            )
+    await session.exec(
+        sa.delete(resources.core(table)).where(resources.core(table).c.id == resource_id)
+    )
     await session.exec(sa.delete(Event).where(col(Event.resource_id) == resource_id))
     await session.exec(
         sa.delete(IdempotencyKey).where(col(IdempotencyKey.resource_id) == resource_id)

@@ -46,6 +46,13 @@ async def insert(session: AsyncSession, table: type[SQLModel], values: dict[str,
     await session.exec(_insert(table), params=_known(table, values))
 
 
+async def insert_many(
+    session: AsyncSession, table: type[SQLModel], rows: list[dict[str, Any]]
+) -> None:
+    """INSERT rows that have the same columns, in one statement run (executemany)."""
+    await session.exec(_insert(table), params=[_known(table, values) for values in rows])
+
+
 async def insert_new(
     session: AsyncSession, table: type[SQLModel], keys: tuple[str, ...], values: dict[str, Any]
 ) -> bool:
