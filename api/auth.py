@@ -39,7 +39,6 @@ async def current_principal(
     principal = await authenticate(session, secret, request.app.state.tokens)
     if principal is None:
         raise ApiError(401, "INVALID_TOKEN", "token is unknown, revoked or expired", _CHALLENGE)
-    request.state.principal = principal
     return principal
 
 
@@ -47,13 +46,16 @@ def require(*scopes: Scope) -> Any:
     """A dependency that admits a token holding every one of `scopes` (admin holds all)."""
 
     async def check(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
-        missing = [s.value for s in scopes if not principal.allows(s)]
-        if missing:
-            raise ApiError(
-                403,
-                "INSUFFICIENT_SCOPE",
-                f"token {principal.name!r} lacks scope {', '.join(missing)}",
-            )
-        return principal
+        return admit(principal, scopes)
 
     return Depends(check)
+
+
+def admit(principal: Principal, scopes: tuple[Scope, ...]) -> Principal:
+    """The principal, when it holds every one of `scopes`; else a 403."""
+    missing = [s.value for s in scopes if not principal.allows(s)]
+    if missing:
+        raise ApiError(
+            403, "INSUFFICIENT_SCOPE", f"token {principal.name!r} lacks scope {', '.join(missing)}"
+        )
+    return principal

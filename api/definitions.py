@@ -13,11 +13,10 @@ import uuid
 from typing import Any
 
 from sqlmodel.ext.asyncio.session import AsyncSession
-from temporalio.client import Client
 
 from api import schedules
 from api.errors import ApiError
-from api.starts import create_and_start
+from api.starts import Caller, create_and_start
 from settings import Settings
 from store.credentials import CredentialRef
 from store.models import Key, SessionTemplate, Task, utcnow
@@ -115,16 +114,13 @@ def schedule_of(definition: Task, settings: Settings, paused: bool = False) -> A
 
 
 async def execute(
-    session: AsyncSession,
-    temporal: Client,
-    settings: Settings,
-    principal: Principal,
-    key: str | None,
+    caller: Caller,
     definition: Task,
     variables: dict[str, str],
     body: Any,
 ) -> Task:
     """Start a manual execution: the template rendered with the defaults and `variables`."""
+    session, settings, principal = caller.session, caller.settings, caller.principal
     values = dict((definition.definition or {}).get("variables") or {}) | variables
     gaps = missing(definition.prompt, values)
     if gaps:
@@ -133,11 +129,7 @@ async def execute(
     task_id = f"task-{uuid.uuid4()}"
     started = utcnow()
     task = await create_and_start(
-        session,
-        temporal,
-        settings,
-        principal,
-        key,
+        caller,
         body,
         kind="task",
         new_row=lambda: Task(

@@ -34,15 +34,20 @@ async def _temporal(request: Request) -> Client:
 _KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
-async def _idempotency_key(
-    key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            description="Repeat a create with the same key to get the same resource back",
-        ),
-    ] = None,
-) -> str | None:
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Repeat a create with the same key to get the same resource back",
+    ),
+]
+
+
+async def _idempotency_key(key: IdempotencyKeyHeader = None) -> str | None:
+    return checked_key(key)
+
+
+def checked_key(key: str | None) -> str | None:
     if key is not None and not _KEY_PATTERN.match(key):
         raise ApiError(
             422,
@@ -52,19 +57,11 @@ async def _idempotency_key(
     return key
 
 
-async def _new_work_allowed(settings: Annotated[Settings, Depends(_settings)]) -> None:
-    if settings.pause_new_work:
-        raise ApiError(
-            503, "NEW_WORK_PAUSED", "new work is paused by the pause_new_work kill switch"
-        )
-
-
 SettingsDep = Annotated[Settings, Depends(_settings)]
 DatabaseDep = Annotated[Database, Depends(_database)]
 SessionDep = Annotated[AsyncSession, Depends(request_session)]
 TemporalDep = Annotated[Client, Depends(_temporal)]
 IdempotencyKeyDep = Annotated[str | None, Depends(_idempotency_key)]
-NewWorkAllowed = Depends(_new_work_allowed)
 
 Admin = Annotated[Principal, require(Scope.admin)]
 AnyToken = Annotated[Principal, require()]

@@ -4,10 +4,12 @@ then the workflow start, undone whole if the start fails. Every family's create 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import sqlalchemy as sa
+from fastapi import Depends, Request
 from pydantic import BaseModel
 from sqlmodel import SQLModel, col
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -19,24 +21,56 @@ from temporalio.common import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+from api.auth import admit, current_principal
 from api.decisions import refusal
+from api.deps import IdempotencyKeyHeader, checked_key
 from api.errors import ApiError, not_found
 from api.metrics import WORKFLOW_STARTS
+from api.session import request_session
 from settings import Settings
 from store import events, idempotency, resources
 from store.models import Event, IdempotencyKey
-from store.tokens import Principal
+from store.tokens import Principal, Scope
 from workflows import attributes
 
 Row = TypeVar("Row", bound=SQLModel)
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who asks for a create, and what the create needs, from one dependency: each one
+    more is solved on every request, and creates are the API's busiest writes."""
+
+    principal: Principal
+    session: AsyncSession
+    temporal: Client
+    settings: Settings
+    key: str | None
+
+
+def starter(*scopes: Scope) -> Any:
+    """The dependency of a create route: a token with `scopes`, the request's session, its
+    Idempotency-Key, Temporal; refused while the pause_new_work kill switch is on."""
+
+    async def caller(
+        request: Request,
+        principal: Annotated[Principal, Depends(current_principal)],
+        session: Annotated[AsyncSession, Depends(request_session)],
+        key: IdempotencyKeyHeader = None,
+    ) -> Caller:
+        admit(principal, scopes)
+        state = request.app.state
+        if state.settings.pause_new_work:
+            raise ApiError(
+                503, "NEW_WORK_PAUSED", "new work is paused by the pause_new_work kill switch"
+            )
+        return Caller(principal, session, state.temporal.client, state.settings, checked_key(key))
+
+    return Depends(caller)
+
+
 async def create_and_start(
-    session: AsyncSession,
-    temporal: Client,
-    settings: Settings,
-    principal: Principal,
-    key: str | None,
+    caller: Caller,
     body: BaseModel,
     *,
     kind: str,
@@ -51,6 +85,7 @@ async def create_and_start(
     """The resource for this request: made and started now, or the one an earlier
     request with the same Idempotency-Key made (started again if that start was lost).
     `task_timeout`: the workflow task's, when the family wants another than Temporal's."""
+    session, principal, key = caller.session, caller.principal, caller.key
     row = new_row()
     table = type(row)
     # Only a keyed create is compared with an earlier one.
@@ -83,11 +118,11 @@ async def create_and_start(
     try:
         # USE_EXISTING: a repeated create whose first start was lost starts it now,
         # and one whose start went through gets the running workflow.
-        await temporal.start_workflow(
+        await caller.temporal.start_workflow(
             workflow,
             workflow_input(row),
             id=_id(row),
-            task_queue=settings.task_queue,
+            task_queue=caller.settings.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             search_attributes=TypedSearchAttributes(
                 [

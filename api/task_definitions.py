@@ -16,11 +16,10 @@ from temporalio.client import Client
 from api import definitions, schedules
 from api.errors import ApiError, not_found
 from api.repositories import check_repository
+from api.starts import Caller
 from api.task_models import TaskPublic, task_public
-from settings import Settings
 from store import events, idempotency
 from store.models import Event, IdempotencyKey, Task, TaskIteration
-from store.tokens import Principal
 from workflows.definition_spec import DefinitionCreate
 from workflows.task_spec import TaskCreate
 
@@ -48,17 +47,12 @@ class DefinitionCreated(BaseModel):
     created_at: datetime
 
 
-async def create_definition(
-    session: AsyncSession,
-    temporal: Client,
-    settings: Settings,
-    principal: Principal,
-    body: DefinitionCreate,
-    key: str | None = None,
-) -> DefinitionCreated:
+async def create_definition(caller: Caller, body: DefinitionCreate) -> DefinitionCreated:
     """The row, then its schedule; a schedule Temporal refuses takes the row back. A
     request repeated with its `Idempotency-Key` answers the same definition, and makes its
     schedule again if the first request's was lost."""
+    session, temporal, settings = caller.session, caller.temporal, caller.settings
+    principal, key = caller.principal, caller.key
     print_ = idempotency.fingerprint(body.model_dump(mode="json"))
     try:
         earlier = key and await idempotency.find(session, "task", principal.token_id, key, print_)

@@ -14,8 +14,8 @@ from sqlmodel import select
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from store.engine import Database
-from store.models import Event, GateRow, Run, RunPhase
-from tests.conftest import Api
+from store.models import Event, GateRow, IdempotencyKey, Run, RunPhase, RunTier
+from tests.conftest import Api, serve
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -150,6 +150,30 @@ async def test_start_refuses_what_cannot_run(api: Api, admin: httpx.AsyncClient)
     assert (await admin.post("/runs/start", json=too_many)).status_code == 422
     async with api.db.session() as session:
         assert list(await session.exec(select(Run))) == []
+
+
+async def test_a_run_that_cannot_start_or_is_paused_leaves_nothing_behind(api: Api) -> None:
+    """Temporal refuses the start (its namespace is missing): the run, its tiers and
+    phases, its first event and its key are taken back. The kill switch refuses first."""
+    body = run_body("lost", ["t1", "t2"], [phase("p1", "t1"), phase("p2", "t2")])
+    nowhere = api.settings.model_copy(update={"temporal_namespace": "no-such-namespace"})
+    paused = api.settings.model_copy(update={"pause_new_work": True})
+    for settings, error, detail in (
+        (nowhere, "TEMPORAL_UNAVAILABLE", "could not start the run"),
+        (paused, "NEW_WORK_PAUSED", "new work is paused"),
+    ):
+        async with (
+            serve(settings) as base,
+            httpx.AsyncClient(
+                base_url=base, headers={"Authorization": f"Bearer {api.admin_token}"}
+            ) as client,
+        ):
+            answer = await client.post("/runs/start", json=body, headers={"Idempotency-Key": "k"})
+            assert (answer.status_code, answer.json()["error_code"]) == (503, error), answer.text
+            assert answer.json()["detail"].startswith(detail)
+    async with api.db.session() as session:
+        for table in (Run, RunTier, RunPhase, Event, IdempotencyKey):
+            assert list(await session.exec(select(table))) == [], table
 
 
 async def test_a_duplicate_run_id_is_409_and_starts_are_rate_limited(

@@ -13,10 +13,10 @@ from sqlmodel import col, select
 
 from api import decisions
 from api.auth import require
-from api.deps import IdempotencyKeyDep, NewWorkAllowed, SessionDep, SettingsDep, TemporalDep
+from api.deps import IdempotencyKeyDep, SessionDep, TemporalDep
 from api.errors import ApiError, ErrorBody, not_found
 from api.route import strict_router
-from api.starts import create_and_start
+from api.starts import Caller, create_and_start, starter
 from settings import LIMITS
 from store.models import ApprovalRequest, GateRow, TelegramMessage, utcnow
 from store.tokens import Principal, Scope
@@ -29,7 +29,6 @@ router = strict_router(
     responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: {"model": ErrorBody}},
 )
 
-Requester = Annotated[Principal, require(Scope.runs_write)]
 Reader = Annotated[Principal, require(Scope.runs_read)]
 Approver = Annotated[Principal, require(Scope.approvals_write)]
 GOVERNANCE = "governance"
@@ -133,18 +132,13 @@ async def _gate(session: SessionDep, approval_id: str) -> GateRow | None:
     "/approval/request",
     status_code=status.HTTP_201_CREATED,
     summary="Request a human approval",
-    dependencies=[NewWorkAllowed],
 )
 async def request_approval(
-    body: ApprovalRequestIn,
-    principal: Requester,
-    session: SessionDep,
-    temporal: TemporalDep,
-    settings: SettingsDep,
-    key: IdempotencyKeyDep,
+    body: ApprovalRequestIn, caller: Annotated[Caller, starter(Scope.runs_write)]
 ) -> ApprovalRequested:
     """Opens a gate that times out after `timeout_minutes` (15), rejecting by default.
     Poll `/approval/status/{approval_id}`, or decide it in `/api/v1/approvals`."""
+    principal, settings = caller.principal, caller.settings
     gate = GateConfig(
         auto_approve=body.auto_approve,
         timeout_minutes=body.timeout_minutes,
@@ -156,11 +150,7 @@ async def request_approval(
     timeout_at = utcnow() + timedelta(minutes=body.timeout_minutes)
 
     row = await create_and_start(
-        session,
-        temporal,
-        settings,
-        principal,
-        key,
+        caller,
         body,
         kind="approval",
         new_row=lambda: ApprovalRequest(

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import jsonpatch
 import sqlalchemy as sa
-from fastapi import Depends, Query, Request, status
+from fastapi import Query, Request, status
 from pydantic import BaseModel, Field, model_validator
 from sqlmodel import col, select
 
@@ -16,16 +16,14 @@ from api import cancels, decisions
 from api.auth import require
 from api.deps import (
     IdempotencyKeyDep,
-    NewWorkAllowed,
     SessionDep,
-    SettingsDep,
     TemporalDep,
 )
 from api.errors import ApiError, ErrorBody, not_found
 from api.paging import Page, PageQuery, page
 from api.route import strict_router
 from api.routers.gates import GatePublic, gate_public
-from api.starts import create_and_start
+from api.starts import Caller, create_and_start, starter
 from operator_file import OperatorConfig
 from settings import LIMITS
 from store.models import Decision, GateRow, Job
@@ -106,11 +104,6 @@ class Message(BaseModel):
     state: str | None = None
 
 
-async def operator(request: Request) -> OperatorConfig:
-    config: OperatorConfig = request.app.state.operator
-    return config
-
-
 async def load_job(session: SessionDep, job_id: str) -> Job:
     job = await session.get(Job, job_id)
     if job is None:
@@ -146,19 +139,14 @@ async def jobs_public(session: SessionDep, jobs: list[Job]) -> list[JobPublic]:
     "/jobs",
     status_code=status.HTTP_201_CREATED,
     summary="Create a job",
-    dependencies=[NewWorkAllowed],
     responses={422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
 )
 async def create_job(
-    body: JobCreate,
-    principal: Writer,
-    session: SessionDep,
-    temporal: TemporalDep,
-    settings: SettingsDep,
-    key: IdempotencyKeyDep,
-    config: Annotated[OperatorConfig, Depends(operator)],
+    body: JobCreate, request: Request, caller: Annotated[Caller, starter(Scope.jobs_write)]
 ) -> JobPublic:
     """Starts `JobWorkflow`. Each stage runs in order; after it, its gate opens."""
+    config: OperatorConfig = request.app.state.operator
+    principal = caller.principal
     if body.pipeline is not None:
         pipeline = config.pipelines.get(body.pipeline)
         if pipeline is None:
@@ -173,11 +161,7 @@ async def create_job(
     stages = config.stages_for(stages)
 
     job = await create_and_start(
-        session,
-        temporal,
-        settings,
-        principal,
-        key,
+        caller,
         body,
         kind="job",
         new_row=lambda: Job(
@@ -197,7 +181,7 @@ async def create_job(
             job_id=job.id,
             stages=job.stages,
             params=job.params,
-            auto_approve_allowed=settings.auto_approve,
+            auto_approve_allowed=caller.settings.auto_approve,
         ),
         summary=lambda job: f"Job {job.pipeline or 'ad hoc'} by {job.owner}",
         task_timeout=SHORT_STEP_TASK_TIMEOUT,

@@ -12,14 +12,15 @@ from pydantic import BaseModel, ValidationError
 from sqlmodel import col, select
 
 from api import cancels, decisions
-from api.deps import IdempotencyKeyDep, NewWorkAllowed, SessionDep, SettingsDep, TemporalDep
+from api.deps import IdempotencyKeyDep, SessionDep, TemporalDep
 from api.errors import ApiError, ErrorBody, not_found
 from api.ratelimit import RateLimit
 from api.route import strict_router
 from api.run_models import PathId, RunResponse, Writer, load_phase, load_run, run_response
-from api.starts import create_and_start
+from api.starts import Caller, create_and_start, starter
 from settings import LIMITS
 from store.models import Run, RunIssue, RunPhase, RunTier, utcnow
+from store.tokens import Scope
 from strict import Text, explain
 from workflows.run_results import (
     AuditorResult,
@@ -57,30 +58,22 @@ def is_over(state: str) -> bool:
     "/runs/start",
     status_code=status.HTTP_201_CREATED,
     summary="Start a run",
-    dependencies=[NewWorkAllowed, START_LIMIT.dependency()],
+    dependencies=[START_LIMIT.dependency()],
     responses={
         409: {"model": ErrorBody, "description": "A run with this run_id exists"},
         429: {"model": ErrorBody, "description": "More than 10 starts a minute"},
     },
 )
 async def start_run(
-    body: RunSpec,
-    principal: Writer,
-    session: SessionDep,
-    temporal: TemporalDep,
-    settings: SettingsDep,
-    key: IdempotencyKeyDep,
+    body: RunSpec, caller: Annotated[Caller, starter(Scope.runs_write)]
 ) -> RunResponse:
     """Starts `RunWorkflow`: tiers in order, each phase built, audited, maybe gated."""
+    principal = caller.principal
     spec = body.run
     assert spec.token_cap and spec.max_phases and spec.max_duration_minutes
     now = utcnow()
     run = await create_and_start(
-        session,
-        temporal,
-        settings,
-        principal,
-        key,
+        caller,
         body,
         kind="run",
         new_row=lambda: Run(
@@ -137,12 +130,12 @@ async def start_run(
         workflow_input=lambda run: RunInput(
             run_id=run.id,
             spec=body.model_dump(mode="json"),
-            auto_approve_allowed=settings.auto_approve,
+            auto_approve_allowed=caller.settings.auto_approve,
         ),
         summary=lambda run: f"Run {run.id} by {run.owner}",
         task_timeout=SHORT_STEP_TASK_TIMEOUT,
     )
-    return await run_response(session, run)
+    return await run_response(caller.session, run)
 
 
 async def _running(session: SessionDep, run_id: str) -> Run:

@@ -12,10 +12,11 @@ from sqlmodel import col, select
 
 from api import definitions, schedules
 from api.auth import require
-from api.deps import IdempotencyKeyDep, NewWorkAllowed, SessionDep, SettingsDep, TemporalDep
+from api.deps import SessionDep, SettingsDep, TemporalDep
 from api.errors import ApiError, ErrorBody, not_found
 from api.paging import Page, PageQuery, page
 from api.route import strict_router
+from api.starts import Caller, starter
 from api.task_definitions import task_view
 from api.task_models import (
     ExecutionPublic,
@@ -131,25 +132,16 @@ async def delete_definition(
 @router.post(
     "/{task_id}/execute",
     summary="Execute a task definition now",
-    dependencies=[NewWorkAllowed],
     responses={**SCHEDULE, 422: {"model": ErrorBody}},
 )
 async def execute(
-    task_id: str,
-    body: ExecuteBody,
-    principal: Writer,
-    session: SessionDep,
-    temporal: TemporalDep,
-    settings: SettingsDep,
-    key: IdempotencyKeyDep,
+    task_id: str, body: ExecuteBody, caller: Annotated[Caller, starter(Scope.tasks_write)]
 ) -> ExecutionStarted:
     """Renders `{{var}}` from `variables` over the definition's defaults (a missing one is
     a 422 naming it) and starts an execution: a task of its own, in a scratch workspace
     when the definition has no repository. `session_id` is the execution's task id."""
-    definition = await load_definition(session, task_id)
-    run = await definitions.execute(
-        session, temporal, settings, principal, key, definition, body.variables, body
-    )
+    definition = await load_definition(caller.session, task_id)
+    run = await definitions.execute(caller, definition, body.variables, body)
     return ExecutionStarted(
         execution_id=run.id, session_id=run.id, status="running", started_at=run.created_at
     )

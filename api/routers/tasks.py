@@ -17,12 +17,12 @@ from sqlmodel import col, select
 from api import cancels
 from api.auth import require
 from api.decisions import updating
-from api.deps import IdempotencyKeyDep, NewWorkAllowed, SessionDep, SettingsDep, TemporalDep
+from api.deps import IdempotencyKeyDep, SessionDep, TemporalDep
 from api.errors import ApiError, ErrorBody, not_found
 from api.paging import Page, PageQuery, page
 from api.repositories import check_repository
 from api.route import strict_router
-from api.starts import create_and_start
+from api.starts import Caller, create_and_start, starter
 from api.task_definitions import DefinitionCreated, TaskBody, create_definition, task_view
 from api.task_models import (
     CancelAnswer,
@@ -86,16 +86,10 @@ async def load_run(session: SessionDep, task_id: str) -> Task:
     "",
     status_code=status.HTTP_201_CREATED,
     summary="Create a task",
-    dependencies=[NewWorkAllowed],
     responses={422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
 )
 async def create_task(
-    body: TaskBody,
-    principal: Writer,
-    session: SessionDep,
-    temporal: TemporalDep,
-    settings: SettingsDep,
-    key: IdempotencyKeyDep,
+    body: TaskBody, caller: Annotated[Caller, starter(Scope.tasks_write)]
 ) -> TaskCreated | DefinitionCreated:
     """With `prompt`: clones the repository into a workspace of the task's own, on a branch
     `pilothouse/task-…`, and runs the agent on the prompt. Follow it at `/stream`.
@@ -103,7 +97,8 @@ async def create_task(
     With `prompt_template`: a task definition, run by `/execute` or by its schedule
     (`schedule_cron`, a Temporal Schedule `task-schedule-<id>`)."""
     if isinstance(body, DefinitionCreate):
-        return await create_definition(session, temporal, settings, principal, body, key)
+        return await create_definition(caller, body)
+    session, settings, principal = caller.session, caller.settings, caller.principal
     if body.provider_key is not None and await session.get(Key, body.provider_key) is None:
         raise ApiError(422, "UNKNOWN_KEY", f"provider_key: no registered key {body.provider_key!r}")
     check_repository(body.repo_url, settings)
@@ -120,11 +115,7 @@ async def create_task(
         return CredentialRef(kind="key", id=task.key_name) if task.key_name else None
 
     task = await create_and_start(
-        session,
-        temporal,
-        settings,
-        principal,
-        key,
+        caller,
         body,
         kind="task",
         new_row=lambda: Task(
