@@ -35,13 +35,16 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+BUSY_TIMEOUT_S = 10
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets the API and the worker (two processes) read while one writes; the busy
     # timeout makes a writer wait for the other instead of failing at once.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
@@ -73,11 +76,11 @@ class Database:
                 "pool_reset_on_return": None,  # `_sqlite_reset` instead
             }
             if sqlite_driver.usable():
-                kwargs["module"] = sqlite_driver.OneTripDBAPI()
+                kwargs["module"] = sqlite_driver.OneTripDBAPI(BUSY_TIMEOUT_S)
         else:
             # A server can drop connections (restart, failover); a local file cannot,
             # so only PostgreSQL pays a ping per checkout.
-            kwargs = {"pool_size": 20, "max_overflow": 10, "pool_pre_ping": True}
+            kwargs = {"pool_size": 15, "max_overflow": 10, "pool_pre_ping": True}
         self.engine: AsyncEngine = create_async_engine(async_url(url), **kwargs)
         if is_sqlite(url):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +172,47 @@ async def test_a_sqlite_connection_back_in_the_pool_mid_transaction_is_rolled_ba
         keys = (await session.exec(select(StepRun.key))).all()
     assert keys == ["next"]
     await sqlite_db.dispose()
+
+
+async def test_sqlite_writers_of_one_process_take_turns_in_order(tmp_path: Path) -> None:
+    """While one session holds a write transaction, the others' writes wait for their
+    turn and get it in order of arrival (SQLite's busy handler would retry in its own
+    order), a read does not wait, and a turn not given back in time fails as SQLite's busy
+    timeout does."""
+    url = f"sqlite:///{tmp_path / 'turns.db'}"
+    migrate.upgrade(url)
+    db = Database(url)
+    writers = db.engine.sync_engine.dialect.dbapi.writers  # type: ignore[union-attr]
+    writers.timeout_s = 1.0
+    row = {"attempt": 1, "resource_id": "r", "outcome": "started", "result": None}
+    order: list[str] = []
+
+    async def write(key: str) -> None:
+        async with db.session() as session:
+            await resources.insert(session, StepRun, row | {"key": key, "created_at": utcnow()})
+            order.append(key)
+            await session.commit()
+
+    async with db.session() as holder:
+        await resources.insert(holder, StepRun, row | {"key": "first", "created_at": utcnow()})
+        queued = []
+        for key in ("a", "b", "c", "d"):
+            queued.append(asyncio.create_task(write(key)))
+            await asyncio.sleep(0.02)  # each is waiting before the next arrives
+        async with db.session() as reader:
+            assert (await reader.exec(select(StepRun.key))).all() == []  # not blocked
+        assert order == []
+        await holder.commit()
+    await asyncio.gather(*queued)
+    assert order == ["a", "b", "c", "d"]
+    async with db.session() as holder:
+        await resources.insert(holder, StepRun, row | {"key": "held", "created_at": utcnow()})
+        started = time.monotonic()
+        with pytest.raises(sa.exc.OperationalError, match="database is locked"):
+            await write("late")
+        assert 0.9 < time.monotonic() - started < 5
+    async with db.session() as session:  # the holder's rollback gave the turn back
+        await write("after")
+        keys = sorted((await session.exec(select(StepRun.key))).all())
+    assert keys == ["a", "after", "b", "c", "d", "first"]
+    await db.dispose()
