@@ -106,8 +106,8 @@ async def create_and_start(
                 if winner != rid:
                     row, fresh = await _load(session, table, winner), False
             if fresh:
-                # Rows of the resource's parts (a run's tiers and phases) go in with it
-                # (a taken id is a 409 there); its first event follows.
+                # Rows of the resource's parts (a run's tiers and phases) go in with it;
+                # its first event follows.
                 await _insert(session, kind, row, children(row))
                 await events.append(session, kind, _id(row), f"{kind}_created", **created_event)
                 await session.commit()

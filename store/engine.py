@@ -67,8 +67,8 @@ class Database:
         self.url = url
         # Connections beyond pool_size are closed when returned, so a busy API would open
         # one (on SQLite a thread and the pragmas) for every other request: keep them all.
-        # The peaks are what they were; on SQLite more writers would only wait longer on
-        # its one write lock, unfairly, where the pool queues them in order.
+        # The peaks are what they were; on SQLite more connections would add threads, not
+        # writes: its writers take turns on one lock (sqlite_driver.WriterTurn).
         if is_sqlite(url):
             kwargs: dict[str, Any] = {
                 "pool_size": 15,
@@ -80,7 +80,7 @@ class Database:
         else:
             # A server can drop connections (restart, failover); a local file cannot,
             # so only PostgreSQL pays a ping per checkout.
-            kwargs = {"pool_size": 15, "max_overflow": 10, "pool_pre_ping": True}
+            kwargs = {"pool_size": 20, "max_overflow": 10, "pool_pre_ping": True}
         self.engine: AsyncEngine = create_async_engine(async_url(url), **kwargs)
         if is_sqlite(url):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)

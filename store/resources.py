@@ -49,7 +49,10 @@ async def insert(session: AsyncSession, table: type[SQLModel], values: dict[str,
 async def insert_many(
     session: AsyncSession, table: type[SQLModel], rows: list[dict[str, Any]]
 ) -> None:
-    """INSERT rows that have the same columns, in one statement run (executemany)."""
+    """INSERT rows that have the same columns, in one statement run (executemany): the
+    statement takes its columns from the first row."""
+    if not rows:
+        return
     await session.exec(_insert(table), params=[_known(table, values) for values in rows])
 
 

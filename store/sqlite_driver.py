@@ -13,9 +13,10 @@ Server-side cursors (streamed results) keep SQLAlchemy's own adapter.
 SQLite lets one connection write at a time. A writer that finds the lock taken sleeps in
 SQLite's busy handler (1, 2, 5, 10… ms) and tries again: with 20 creates in flight on 15
 pooled connections, that was four sleeps and ~50 futex calls a create. Here the writers of
-one process take turns instead (`WriterTurn`): a connection waits for its turn before its
-first write and gives it back when its transaction ends, in order of arrival. Readers never
-wait, and another process (the worker) still meets SQLite's own lock and busy timeout.
+one engine (a `Database`) take turns instead (`WriterTurn`): a connection waits for its
+turn before its first write and gives it back when its transaction ends, in order of
+arrival. Readers never wait; another engine or process (the worker) still meets SQLite's
+own lock and busy timeout.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ _WRITES = re.compile(
 
 
 class WriterTurn:
-    """One write transaction at a time in this process, in order of arrival. A wait longer
+    """One write transaction at a time on this engine, in order of arrival. A wait longer
     than `timeout_s` fails as SQLite's busy timeout does."""
 
     def __init__(self, timeout_s: float) -> None:
@@ -127,7 +128,7 @@ class _Cursor(AsyncAdapt_aiosqlite_cursor):
                     _run, connection._conn, many, operation, parameters
                 )
         finally:
-            if not connection._conn.in_transaction:
+            if not adapted.in_transaction():
                 adapted.end_turn()  # a statement outside a transaction, or a failed BEGIN
         ran.arraysize = self._cursor.arraysize
         self._cursor = ran  # type: ignore[assignment]
@@ -142,31 +143,52 @@ class _Cursor(AsyncAdapt_aiosqlite_cursor):
 
 
 class _Connection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ("turn",)
+    __slots__ = ("turn", "turn_loop")
     _cursor_cls: type[AsyncAdapt_aiosqlite_cursor] = _Cursor
 
     def __init__(self, dbapi: OneTripDBAPI, connection: Any) -> None:
         super().__init__(dbapi, connection)
         self.turn: asyncio.Lock | None = None
+        self.turn_loop: asyncio.AbstractEventLoop | None = None
 
     async def take_turn(self) -> None:
         lock = self.dbapi.writers.lock()
+        # Not `wait_for`: on 3.11 it drops a cancel that lands as the lock is acquired,
+        # and the cancelled write would go on to commit.
         try:
-            await asyncio.wait_for(lock.acquire(), self.dbapi.writers.timeout_s)
+            async with asyncio.timeout(self.dbapi.writers.timeout_s):
+                await lock.acquire()
         except TimeoutError:
             raise sqlite3.OperationalError("database is locked") from None
-        self.turn = lock
+        self.turn, self.turn_loop = lock, asyncio.get_running_loop()
 
     def end_turn(self) -> None:
-        lock, self.turn = self.turn, None
-        if lock is not None:
+        lock, loop, self.turn, self.turn_loop = self.turn, self.turn_loop, None, None
+        if lock is None or loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
             lock.release()
+        elif not loop.is_closed():
+            # A connection the garbage collector ends, maybe on another thread.
+            loop.call_soon_threadsafe(lock.release)
 
     def commit(self) -> None:
         try:
             super().commit()
         finally:
-            self.end_turn()
+            # A commit that failed leaves the transaction, and SQLite's lock, to a rollback.
+            if not self.in_transaction():
+                self.end_turn()
+
+    def in_transaction(self) -> bool:
+        try:
+            return bool(self._connection._conn.in_transaction)
+        except ValueError:  # aiosqlite's "no active connection": closed
+            return False
 
     def rollback(self) -> None:
         try:

@@ -168,9 +168,13 @@ async def test_a_run_that_cannot_start_or_is_paused_leaves_nothing_behind(api: A
                 base_url=base, headers={"Authorization": f"Bearer {api.admin_token}"}
             ) as client,
         ):
-            answer = await client.post("/runs/start", json=body, headers={"Idempotency-Key": "k"})
-            assert (answer.status_code, answer.json()["error_code"]) == (503, error), answer.text
-            assert answer.json()["detail"].startswith(detail)
+            # Refused while paused, a start does not count against the limit of 10 a minute.
+            for _ in range(1 if settings is nowhere else 11):
+                answer = await client.post(
+                    "/runs/start", json=body, headers={"Idempotency-Key": "k"}
+                )
+                assert (answer.status_code, answer.json()["error_code"]) == (503, error)
+                assert answer.json()["detail"].startswith(detail)
     async with api.db.session() as session:
         for table in (Run, RunTier, RunPhase, Event, IdempotencyKey):
             assert list(await session.exec(select(table))) == [], table

@@ -215,4 +215,18 @@ async def test_sqlite_writers_of_one_process_take_turns_in_order(tmp_path: Path)
         await write("after")
         keys = sorted((await session.exec(select(StepRun.key))).all())
     assert keys == ["a", "after", "b", "c", "d", "first"]
+    # A write cancelled around the moment it takes its turn is cancelled: no row.
+    for n in range(1, 8):
+        task = asyncio.create_task(write(f"cancelled-{n}"))
+        for _ in range(n):
+            await asyncio.sleep(0)
+        if task.cancel():
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            async with db.session() as session:
+                found = (await session.exec(select(StepRun.key))).all()
+            assert f"cancelled-{n}" not in found
+        else:
+            await task
+    await write("last")  # and the turn was given back each time
     await db.dispose()

@@ -58,14 +58,16 @@ def is_over(state: str) -> bool:
     "/runs/start",
     status_code=status.HTTP_201_CREATED,
     summary="Start a run",
-    dependencies=[START_LIMIT.dependency()],
     responses={
         409: {"model": ErrorBody, "description": "A run with this run_id exists"},
         429: {"model": ErrorBody, "description": "More than 10 starts a minute"},
     },
 )
 async def start_run(
-    body: RunSpec, caller: Annotated[Caller, starter(Scope.runs_write)]
+    body: RunSpec,
+    caller: Annotated[Caller, starter(Scope.runs_write)],
+    # After the caller: a start refused while paused does not count against the limit.
+    _: Annotated[None, START_LIMIT.dependency()],
 ) -> RunResponse:
     """Starts `RunWorkflow`: tiers in order, each phase built, audited, maybe gated."""
     principal = caller.principal
