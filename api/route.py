@@ -21,9 +21,13 @@ from fastapi.routing import APIRoute
 from api.errors import ApiError, ErrorBody
 from strict import unknown_field
 
+# nginx's default header buffer: a longer URL is a mistake or a probe, never a real filter.
+MAX_URL_BYTES = 8192
+
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "The body is not JSON"},
     413: {"model": ErrorBody, "description": "The body is larger than the API accepts"},
+    414: {"model": ErrorBody, "description": "The URL is longer than the API accepts"},
     415: {"model": ErrorBody, "description": "The body is not `application/json`"},
     422: {"model": ErrorBody, "description": "A field is missing, unknown or out of bounds"},
 }
@@ -60,6 +64,10 @@ def _query_names(dependant: Dependant) -> set[str]:
 
 
 def _check_url(request: Request, queries: list[str]) -> None:
+    scope = request.scope
+    size = len(scope.get("raw_path") or scope["path"].encode()) + len(scope["query_string"])
+    if size > MAX_URL_BYTES:
+        raise ApiError(414, "URI_TOO_LONG", f"url: longer than {MAX_URL_BYTES} bytes")
     if "\x00" in request.scope["path"] or b"%00" in request.scope["query_string"]:
         raise ApiError(422, "VALIDATION_ERROR", "url: NUL bytes are not allowed")
     for name in request.query_params:

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from api.route import MAX_URL_BYTES
 from settings import LIMITS
 from store.tokens import Scope
 from tests.conftest import Api, make_token
@@ -169,6 +170,16 @@ async def test_filters_and_offsets_are_checked_like_bodies(admin: httpx.AsyncCli
     assert typo.json()["detail"] == "query.stat: unknown field; did you mean `state`?"
     nul = await admin.get("/api/v1/jobs/job-%00")
     assert nul.status_code == 422 and "NUL" in nul.json()["detail"]
+    for path, params in (
+        ("/api/v1/jobs", {"state": "x" * MAX_URL_BYTES}),
+        ("/runs/run-1/artifacts/file", {"path": "a/" * (MAX_URL_BYTES // 2)}),
+        ("/api/v1/jobs/" + "j" * MAX_URL_BYTES, {}),
+    ):
+        long = await admin.get(path, params=params)
+        assert long.status_code == 414, (path[:40], long.text[:200])
+        assert long.json()["error_code"] == "URI_TOO_LONG"
+    near = await admin.get("/api/v1/jobs", params={"state": "x" * (MAX_URL_BYTES - 100)})
+    assert near.status_code == 422 and "state" in near.json()["detail"]
 
 
 async def test_tokens_need_scopes_and_whoami_names_them(api: Api, admin: httpx.AsyncClient) -> None:
@@ -212,7 +223,7 @@ async def test_the_openapi_document_describes_the_errors_sent(api: Api) -> None:
     async with api.client() as client:
         spec = (await client.get("/openapi.json")).json()
     create = spec["paths"]["/api/v1/jobs"]["post"]["responses"]
-    for status in ("400", "413", "415", "422"):
+    for status in ("400", "413", "414", "415", "422"):
         assert create[status]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/ErrorBody"
         }, status
