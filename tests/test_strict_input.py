@@ -170,13 +170,14 @@ async def test_filters_and_offsets_are_checked_like_bodies(admin: httpx.AsyncCli
     assert typo.json()["detail"] == "query.stat: unknown field; did you mean `state`?"
     nul = await admin.get("/api/v1/jobs/job-%00")
     assert nul.status_code == 422 and "NUL" in nul.json()["detail"]
-    for path, params in (
+    long_urls: tuple[tuple[str, dict[str, str]], ...] = (
         ("/api/v1/jobs", {"state": "x" * MAX_URL_BYTES}),
         ("/runs/run-1/artifacts/file", {"path": "a/" * (MAX_URL_BYTES // 2)}),
         ("/api/v1/jobs/" + "j" * MAX_URL_BYTES, {}),
-    ):
-        long = await admin.get(path, params=params)
-        assert long.status_code == 414, (path[:40], long.text[:200])
+    )
+    for url, query in long_urls:
+        long = await admin.get(url, params=query)
+        assert long.status_code == 414, (url[:40], long.text[:200])
         assert long.json()["error_code"] == "URI_TOO_LONG"
     near = await admin.get("/api/v1/jobs", params={"state": "x" * (MAX_URL_BYTES - 100)})
     assert near.status_code == 422 and "state" in near.json()["detail"]
