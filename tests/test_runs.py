@@ -16,6 +16,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from store.engine import Database
 from store.models import Event, GateRow, IdempotencyKey, Run, RunPhase, RunTier
 from tests.conftest import Api, serve
+from tests.jobs_helpers import GATE, create_job, stage
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -121,9 +122,10 @@ async def test_a_two_tier_run_builds_audits_and_succeeds(
     built = [e for e in await events_of(api, "build-1") if e.type == "builder_finished"]
     patch = api.settings.artifacts_dir / built[0].payload["patch_path"]
     assert "+hello" in patch.read_text()
-    assert (await client.get_workflow_handle("build-1").describe()).status == (
-        WorkflowExecutionStatus.COMPLETED
-    )
+    # The row ends in the workflow's last activity, a moment before the workflow does.
+    handle = client.get_workflow_handle("build-1")
+    await handle.result()
+    assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
     progress = (await admin.get("/runs/build-1/progress")).json()
     assert (progress["state"], progress["tokens_used"], progress["phases_completed"]) == (
         "DONE_SUCCESS",
@@ -267,7 +269,15 @@ async def test_an_outside_executor_posts_results_over_http(
     run = await wait_run(api.db, run_id, "DONE_SUCCESS")
     assert run.tokens_used == 1200
     late = await admin.post(f"{base}/update_status", json={"state": "EXECUTING"})
-    assert late.status_code == 409
+    assert late.status_code == 409 and late.json()["error_code"] == "RUN_ENDED"
+    # Temporal answers first; the database says why it refused.
+    job_id = await create_job(admin, stage("a", gate=GATE))  # a running workflow, not a run
+    for other in ("no-such-run", job_id):
+        missing = await admin.post(
+            f"/runs/{other}/phases/p1/update_status", json={"state": "EXECUTING"}
+        )
+        assert missing.status_code == 404, missing.text
+        assert missing.json()["error_code"] == "RUN_NOT_FOUND"
 
 
 async def wait_event(api: Api, run_id: str, kind: str, seconds: float = 60) -> Event:

@@ -151,13 +151,26 @@ async def _running(session: SessionDep, run_id: str) -> Run:
 async def _call(
     session: SessionDep, temporal: TemporalDep, key: str | None, run_id: str, call: PhaseCall
 ) -> PhaseAnswer:
-    # One query for the run's state and the phase, on the way of every executor's result.
+    # The workflow knows its phases and refuses what they do not wait for; the database is
+    # read only to say why Temporal refused (no such run, or one that has ended), which
+    # keeps a round trip off the way of every executor's result.
+    handle = temporal.get_workflow_handle(run_id)
+    try:
+        return await decisions.updating(
+            handle.execute_update(RunWorkflow.phase, call, id=key or f"phase-{uuid.uuid4()}")
+        )
+    except ApiError:
+        await _explain_refusal(session, run_id, call.phase_id)
+        raise
+
+
+async def _explain_refusal(session: SessionDep, run_id: str, phase_id: str) -> None:
     found = (
         await session.exec(
             select(Run.state, RunPhase.phase_id)
             .join(
                 RunPhase,
-                sa.and_(col(RunPhase.run_id) == Run.id, col(RunPhase.phase_id) == call.phase_id),
+                sa.and_(col(RunPhase.run_id) == Run.id, col(RunPhase.phase_id) == phase_id),
                 isouter=True,
             )
             .where(Run.id == run_id)
@@ -165,15 +178,11 @@ async def _call(
     ).first()
     if found is None:
         raise not_found("run", run_id)
-    state, phase_id = found
+    state, phase = found
     if is_over(state):
         raise ApiError(409, "RUN_ENDED", f"run {run_id} is already {state}")
-    if phase_id is None:
-        raise not_found("phase", f"{run_id}/{call.phase_id}")
-    handle = temporal.get_workflow_handle(run_id)
-    return await decisions.updating(
-        handle.execute_update(RunWorkflow.phase, call, id=key or f"phase-{uuid.uuid4()}")
-    )
+    if phase is None:
+        raise not_found("phase", f"{run_id}/{phase_id}")
 
 
 def _same_ids(run_id: str, phase_id: str, body: BuilderResult | AuditorResult) -> None:
