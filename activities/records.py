@@ -22,9 +22,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
 from activities import step_runs
-from store import events, issues, resources
+from store import issues, resources
 from store.engine import Database
 from store.models import Decision, GateRow, RunPhase, utcnow
+from store.writes import Writes, writing
 
 
 class DecisionRecord(BaseModel):
@@ -126,27 +127,26 @@ def _decision_event(record: DecisionRecord) -> str:
     return f"gate_{record.gate_state}"
 
 
-async def write_carried(session: AsyncSession, carried: CarriesDecisions) -> None:
+async def write_carried(writes: Writes, carried: CarriesDecisions) -> None:
     """What an activity carries: decisions, then deferred transitions, in that order."""
-    await write_decisions(session, carried.decisions)
+    await write_decisions(writes, carried.decisions)
     for fact in carried.facts:
-        await write_transition(session, fact)
+        await write_transition(writes, fact)
 
 
-async def write_decisions(session: AsyncSession, decisions: list[DecisionRecord]) -> None:
+async def write_decisions(writes: Writes, decisions: list[DecisionRecord]) -> None:
     """Add each decision's row, its gate's new state and its event, in order; a decision
     already recorded (a retried activity, or one carried twice) is skipped. Plain
     statements, no ORM loads: this runs before the next stage may start."""
     for d in decisions:
         row = d.model_dump(exclude={"gate_state", "approvals"}) | {"created_at": utcnow()}
-        if not await resources.insert_new(session, Decision, ("id",), row):
+        if not await resources.insert_new(writes.session, Decision, ("id",), row):
             continue
         gate: dict[str, Any] = {"approvals": d.approvals, "state": d.gate_state}
         if d.gate_state != "open":
             gate |= {"decided_at": utcnow(), "decided_by": d.by, "via": d.via, "reason": d.reason}
-        await resources.update(session, GateRow, {"id": d.gate_id}, gate)
-        await events.append(
-            session,
+        writes.update(GateRow, {"id": d.gate_id}, gate)
+        writes.event(
             d.resource_kind,
             d.resource_id,
             _decision_event(d),
@@ -166,25 +166,24 @@ async def write_decisions(session: AsyncSession, decisions: list[DecisionRecord]
         )
 
 
-async def write_transition(session: AsyncSession, t: Transition) -> None:
+async def write_transition(writes: Writes, t: Transition) -> None:
     """A resource's new state and its event; at its end, its open gates close with it."""
-    await write_carried(session, t)
+    await write_carried(writes, t)
+    session = writes.session
     state = {"state": t.state} if t.state is not None else {}
     stage = {} if t.keep_stage else {"stage": t.stage}
-    await resources.set_fields(
-        session, t.resource_kind, t.resource_id, error=t.error, **stage, **state, **t.changes
-    )
-    if t.final:
-        await resources.set_ended(session, t.resource_kind, t.resource_id)
+    writes.set_fields(t.resource_kind, t.resource_id, error=t.error, **stage, **state, **t.changes)
     await resources.add_parts(session, t.resource_kind, t.resource_id, t.adds)
-    await resources.set_parts(session, t.resource_kind, t.resource_id, t.parts)
+    writes.set_parts(t.resource_kind, t.resource_id, t.parts)
     if t.final:
+        # A decision held for a gate comes first: a gate its approval left open closes now.
+        await writes.flush()
+        await resources.set_ended(session, t.resource_kind, t.resource_id)
         await close_gates(session, t.resource_id, gate_end(t.state), t.error or t.message)
         # Its local steps are in Temporal's history by now: the final record is an ordinary
         # activity, whose scheduling completed the workflow task that ran them.
         await step_runs.forget(session, t.resource_id)
-    await events.append(
-        session,
+    writes.event(
         t.resource_kind,
         t.resource_id,
         t.event_type,
@@ -222,16 +221,15 @@ class Records:
 
     @activity.defn(name="records.transition")
     async def transition(self, t: Transition) -> None:
-        async with self.db.session() as session:
-            await write_transition(session, t)
-            await session.commit()
+        async with writing(self.db) as writes:
+            await write_transition(writes, t)
 
     @activity.defn(name="records.gate_opened")
     async def gate_opened(self, g: GateOpened) -> Notifying | None:
-        async with self.db.session() as session:
-            await write_carried(session, g)
+        async with writing(self.db) as writes:
+            await write_carried(writes, g)
+            session = writes.session
             if await session.get(GateRow, g.gate_id) is not None:
-                await session.commit()
                 return self.notifying
             session.add(
                 GateRow(
@@ -246,11 +244,10 @@ class Records:
                 )
             )
             if g.resource_state:
-                await resources.set_fields(
-                    session, g.resource_kind, g.resource_id, state=g.resource_state, stage=g.stage
+                writes.set_fields(
+                    g.resource_kind, g.resource_id, state=g.resource_state, stage=g.stage
                 )
-            await events.append(
-                session,
+            writes.event(
                 g.resource_kind,
                 g.resource_id,
                 "gate_pause",
@@ -267,15 +264,13 @@ class Records:
                     "why": g.why,
                 },
             )
-            await session.commit()
         return self.notifying
 
     @activity.defn(name="records.gate_reminder")
     async def gate_reminder(self, r: GateReminder) -> None:
-        async with self.db.session() as session:
-            await write_carried(session, r)
-            await events.append(
-                session,
+        async with writing(self.db) as writes:
+            await write_carried(writes, r)
+            writes.event(
                 r.resource_kind,
                 r.resource_id,
                 "gate_reminder",
@@ -284,27 +279,26 @@ class Records:
                 message=f"{r.stage}: still waiting for approval",
                 payload={"gate_id": r.gate_id, "approvals": r.approvals},
             )
-            await session.commit()
 
     @activity.defn(name="records.decisions")
     async def decisions(self, c: CarriesDecisions) -> None:
         """Decisions alone: approvals that leave a quorum gate open start nothing else."""
-        async with self.db.session() as session:
-            await write_carried(session, c)
-            await session.commit()
+        async with writing(self.db) as writes:
+            await write_carried(writes, c)
 
     @activity.defn(name="records.decision")
     async def decision(self, d: DecisionRecord) -> None:
         """One decision: what workflows started before decisions were carried still call."""
-        async with self.db.session() as session:
-            await write_decisions(session, [d])
-            await session.commit()
+        async with writing(self.db) as writes:
+            await write_decisions(writes, [d])
 
     @activity.defn(name="records.issue")
     async def issue(self, f: IssueFact) -> None:
         """An issue a phase reported: its row (counted by key), the phase's counts, an event."""
-        async with self.db.session() as session:
-            await write_carried(session, f)
+        async with writing(self.db) as writes:
+            await write_carried(writes, f)
+            await writes.flush()  # the counts below are read and written through the ORM
+            session = writes.session
             phase = (
                 await session.exec(
                     select(RunPhase).where(
@@ -314,8 +308,7 @@ class Records:
             ).first()
             if phase is not None:
                 row = await issues.record(session, f.run_id, phase, f.issue)
-                await events.append(
-                    session,
+                writes.event(
                     "run",
                     f.run_id,
                     "issue_recorded",
@@ -324,4 +317,3 @@ class Records:
                     message=f"{f.phase_id}: {row.severity} issue {row.issue_key}",
                     payload={**f.issue, "occurrence_count": row.occurrence_count},
                 )
-            await session.commit()

@@ -15,16 +15,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field
-from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
 from activities import step_runs
 from activities.records import CarriesDecisions, write_carried
 from activities.step_logs import describe_log
 from activities.work_trees import Diff
-from store import events, resources
+from store import resources
 from store.engine import Database
 from store.models import Artifact, StepRun
+from store.writes import Writes, writing
 
 T = TypeVar("T")
 
@@ -92,35 +92,27 @@ class StepRecords:
     ) -> StepRun | None:
         """The start; for a local step that ended before a replay, that end instead
         (nothing is written then, and nothing runs)."""
-        async with self.db.session() as session:
-            earlier = await self._write_start(session, step, attempt, argv, key)
-            if earlier is None:
-                await session.commit()
-        return earlier
+        async with writing(self.db) as writes:
+            return await self._write_start(writes, step, attempt, argv, key)
 
     async def _write_start(
-        self, session: AsyncSession, step: StepInput, attempt: int, argv: list[str], key: str | None
+        self, writes: Writes, step: StepInput, attempt: int, argv: list[str], key: str | None
     ) -> StepRun | None:
         first = True
         if key is not None:
-            begun = await step_runs.begin(session, key, attempt, step.resource_id)
+            begun = await step_runs.begin(writes.session, key, attempt, step.resource_id)
             if begun.earlier is not None:
                 return begun.earlier
             first = begun.first
         # The decision that let this stage start comes first in the log; a local step
         # run again after a lost worker has written it already.
         if first:
-            await write_carried(session, step)
-        await resources.set_fields(
-            session,
-            step.resource_kind,
-            step.resource_id,
-            state=step.resource_state,
-            stage=step.stage,
+            await write_carried(writes, step)
+        writes.set_fields(
+            step.resource_kind, step.resource_id, state=step.resource_state, stage=step.stage
         )
-        await resources.set_parts(session, step.resource_kind, step.resource_id, step.parts)
-        await events.append(
-            session,
+        writes.set_parts(step.resource_kind, step.resource_id, step.parts)
+        writes.event(
             step.resource_kind,
             step.resource_id,
             "stage_started",
@@ -149,10 +141,9 @@ class StepRecords:
             duration_ms=ran.duration_ms,
             diff=ran.diff,
         )
-        async with self.db.session() as session:
-            await resources.insert(session, Artifact, artifact.model_dump())
-            await events.append(
-                session,
+        async with writing(self.db) as writes:
+            await resources.insert(writes.session, Artifact, artifact.model_dump())
+            writes.event(
                 step.resource_kind,
                 step.resource_id,
                 "step_finished",
@@ -163,15 +154,18 @@ class StepRecords:
             )
             if ran.key is not None:
                 await step_runs.end(
-                    session, ran.key, ran.attempt, ran.outcome, result.model_dump(mode="json")
+                    writes.session,
+                    ran.key,
+                    ran.attempt,
+                    ran.outcome,
+                    result.model_dump(mode="json"),
                 )
             if then is not None and ran.outcome == "succeeded":
                 key = step_runs.key(then.part, then.step.stage)
                 then.earlier = await self._write_start(
-                    session, then.step, ran.attempt, then.step.argv, key
+                    writes, then.step, ran.attempt, then.step.argv, key
                 )
                 then.started = True
-            await session.commit()
         return result
 
     async def abandon(self, link: Link) -> None:
@@ -179,9 +173,8 @@ class StepRecords:
         that started it and its run. Run it with `finished`."""
         attempt = activity.info().attempt
         stage = link.step.stage
-        async with self.db.session() as session:
-            await events.append(
-                session,
+        async with writing(self.db) as writes:
+            writes.event(
                 link.step.resource_kind,
                 link.step.resource_id,
                 "step_finished",
@@ -192,8 +185,7 @@ class StepRecords:
             )
             key = step_runs.key(link.part, stage)
             if key is not None:
-                await step_runs.end(session, key, attempt, "canceled", {})
-            await session.commit()
+                await step_runs.end(writes.session, key, attempt, "canceled", {})
 
 
 async def finished(work: Coroutine[Any, Any, T]) -> T:

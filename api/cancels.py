@@ -17,6 +17,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.records import Transition, write_transition
 from api.decisions import updating
+from store.writes import Writes
 
 Outcome = Literal["canceling", "canceled", "failed", "completed"]
 End = Literal["canceled", "failed", "completed"]
@@ -70,8 +71,9 @@ async def _record(
     named: dict[End, str],
     message: str,
 ) -> None:
+    writes = Writes(session)
     await write_transition(
-        session,
+        writes,
         Transition(
             resource_kind=kind,
             resource_id=resource_id,
@@ -83,4 +85,5 @@ async def _record(
             final=True,
         ),
     )
+    await writes.flush()
     await session.commit()

@@ -20,6 +20,30 @@ from store.models import Event, utcnow
 CHANNEL = "pilothouse_events"
 
 
+def row(
+    resource_kind: str,
+    resource_id: str,
+    type: str,
+    *,
+    stage: str | None = None,
+    status: str | None = None,
+    message: str = "",
+    payload: dict[str, Any] | None = None,
+    final: bool = False,
+) -> dict[str, Any]:
+    """An event as `append_many` takes it; it is stamped as it is written."""
+    return {
+        "resource_kind": resource_kind,
+        "resource_id": resource_id,
+        "type": type,
+        "stage": stage,
+        "status": status,
+        "message": message,
+        "payload": payload or {},
+        "final": final,
+    }
+
+
 async def append(
     session: AsyncSession,
     resource_kind: str,
@@ -33,36 +57,40 @@ async def append(
     final: bool = False,
 ) -> None:
     """Add an event to the caller's transaction; it becomes visible at commit."""
+    event = row(
+        resource_kind,
+        resource_id,
+        type,
+        stage=stage,
+        status=status,
+        message=message,
+        payload=payload,
+        final=final,
+    )
+    await append_many(session, [event])
+
+
+async def append_many(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Add events (`row`s) to the caller's transaction, in their order, in one INSERT."""
+    if not rows:
+        return
+    owners = sorted({r["resource_id"] for r in rows})
     postgres = resources.is_postgres(session)
     if postgres:
         conn = await session.connection()
-        await conn.execute(
-            sa.text("SELECT pg_advisory_xact_lock(hashtext(:r))"), {"r": resource_id}
-        )
+        for owner in owners:  # in one order everywhere, so two writers cannot deadlock
+            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:r))"), {"r": owner})
+    now = utcnow()
     # A plain INSERT built once: the ORM's unit of work costs more than the statement on
     # this path, which every step takes twice.
-    await resources.insert(
-        session,
-        Event,
-        {
-            "resource_kind": resource_kind,
-            "resource_id": resource_id,
-            "type": type,
-            "stage": stage,
-            "status": status,
-            "message": message,
-            "payload": payload or {},
-            "final": final,
-            "created_at": utcnow(),
-        },
-    )
+    await resources.insert_many(session, Event, [r | {"created_at": now} for r in rows])
     if postgres:
         # Delivered at commit, so it may precede the insert in the transaction.
-        conn = await session.connection()
-        await conn.execute(
-            sa.text("SELECT pg_notify(:channel, :resource)"),
-            {"channel": CHANNEL, "resource": resource_id},
-        )
+        for owner in owners:
+            await conn.execute(
+                sa.text("SELECT pg_notify(:channel, :resource)"),
+                {"channel": CHANNEL, "resource": owner},
+            )
 
 
 async def after(

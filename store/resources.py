@@ -124,15 +124,22 @@ def columns(table: type[SQLModel], values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+Change = tuple[type[SQLModel], dict[str, Any], dict[str, Any]]  # table, where, values
+
+
 async def set_fields(session: AsyncSession, kind: str, resource_id: str, **values: Any) -> None:
     """Set columns on a resource's row in the caller's transaction; unknown rows are left.
     One UPDATE, no load: workflows call this on the way to their next step."""
+    for change in field_changes(kind, resource_id, values):
+        await update(session, *change)
+
+
+def field_changes(kind: str, resource_id: str, values: dict[str, Any]) -> list[Change]:
+    """`set_fields` as the UPDATE it runs (none for a kind without a row)."""
     table = TABLES.get(kind)
     if table is None:
-        return
-    await update(
-        session, table, {"id": resource_id}, columns(table, values) | {"updated_at": utcnow()}
-    )
+        return []
+    return [(table, {"id": resource_id}, columns(table, values) | {"updated_at": utcnow()})]
 
 
 def _part(kind: str, name: str) -> tuple[type[SQLModel], str, str, str | int]:
@@ -161,12 +168,20 @@ async def set_parts(
     session: AsyncSession, kind: str, resource_id: str, parts: dict[str, dict[str, Any]]
 ) -> None:
     """Set columns on parts of a resource, named `"<part>:<id>"` (`"phase:build"`)."""
+    for change in part_changes(kind, resource_id, parts):
+        await update(session, *change)
+
+
+def part_changes(kind: str, resource_id: str, parts: dict[str, dict[str, Any]]) -> list[Change]:
+    """`set_parts` as the UPDATEs it runs."""
+    changes = []
     for name, values in parts.items():
         table, owner, key, key_value = _part(kind, name)
         values = columns(table, values)
         if "updated_at" in table.model_fields:
             values = {**values, "updated_at": utcnow()}
-        await update(session, table, {owner: resource_id, key: key_value}, values)
+        changes.append((table, {owner: resource_id, key: key_value}, values))
+    return changes
 
 
 async def set_ended(session: AsyncSession, kind: str, resource_id: str) -> None:

@@ -10,6 +10,7 @@ from sqlmodel import col, select
 from activities.records import DecisionRecord, Records, Transition, write_decisions
 from store.engine import Database
 from store.models import Decision, Event, GateRow, Job, utcnow
+from store.writes import writing
 
 
 async def open_gate(db: Database) -> tuple[str, str]:
@@ -53,9 +54,8 @@ async def test_a_decision_carried_twice_is_written_once(db: Database) -> None:
     job_id, gate_id = await open_gate(db)
     record = approval(job_id, gate_id)
     for _ in range(2):  # a retried activity, or the next one carrying it again
-        async with db.session() as session:
-            await write_decisions(session, [record, record])
-            await session.commit()
+        async with writing(db) as writes:
+            await write_decisions(writes, [record, record])
     async with db.session() as session:
         rows = list(await session.exec(select(Decision).where(Decision.gate_id == gate_id)))
         gate = await session.get(GateRow, gate_id)

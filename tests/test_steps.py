@@ -23,6 +23,7 @@ from activities.steps import Steps
 from settings import Settings
 from store.engine import Database
 from store.models import Artifact, Event
+from store.writes import Writes
 
 
 def alive(pid: int) -> bool:
@@ -259,11 +260,11 @@ async def test_a_cancel_during_a_record_lets_it_end_and_ends_the_step_it_started
     write_start = StepRecords._write_start
     writing = asyncio.Event()
 
-    async def slowly(self: StepRecords, session: AsyncSession, step: StepInput, *args: Any) -> Any:
+    async def slowly(self: StepRecords, writes: Writes, step: StepInput, *args: Any) -> Any:
         if step.stage == "b":
             writing.set()
             await asyncio.sleep(0.3)
-        return await write_start(self, session, step, *args)
+        return await write_start(self, writes, step, *args)
 
     monkeypatch.setattr(StepRecords, "_write_start", slowly)
     series = SeriesInput(
