@@ -4,12 +4,15 @@ first, in order, once."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
+import sqlalchemy as sa
 from sqlmodel import col, select
 
 from activities.records import DecisionRecord, Records, Transition, write_decisions
+from activities.step_records import StepInput, StepRecords
 from store.engine import Database
-from store.models import Decision, Event, GateRow, Job, utcnow
+from store.models import Decision, Event, GateRow, Job, Run, RunPhase, utcnow
 from store.writes import writing
 
 
@@ -98,3 +101,101 @@ async def test_an_unknown_resource_is_left_alone(db: Database) -> None:
     )
     async with db.session() as session:
         assert await session.get(Job, missing) is None
+
+
+async def test_an_approval_short_of_its_quorum_then_the_end_closes_the_gate(
+    db: Database,
+) -> None:
+    """The approval is held to be written with the rest; the end must still find the gate
+    it left open, and close it."""
+    job_id, gate_id = await open_gate(db)
+    async with db.session() as session:
+        gate = await session.get(GateRow, gate_id)
+        assert gate is not None
+        gate.approvals_needed = 2
+        await session.commit()
+    first = approval(job_id, gate_id).model_copy(update={"gate_state": "open"})
+    await Records(db).transition(
+        Transition(
+            resource_kind="job",
+            resource_id=job_id,
+            state="canceled",
+            event_type="job_canceled",
+            final=True,
+            decisions=[first],
+        )
+    )
+    async with db.session() as session:
+        gate = await session.get(GateRow, gate_id)
+        kinds = [
+            e.type
+            for e in await session.exec(
+                select(Event).where(Event.resource_id == job_id).order_by(col(Event.id))
+            )
+        ]
+    assert gate is not None and gate.state == "canceled" and gate.approvals == ["alice"]
+    assert kinds == ["gate_approval_recorded", "job_canceled"]
+
+
+async def test_a_step_start_writes_what_it_carries_in_few_statements(db: Database) -> None:
+    """Two deferred transitions and the start: one UPDATE a row and one INSERT of the three
+    events, in order, whatever the number of facts."""
+    run_id = f"run-{uuid.uuid4()}"
+    async with db.session() as session:
+        session.add(Run(id=run_id, workdir="/tmp", owner="test"))
+        for p in ("p1", "p2"):
+            session.add(RunPhase(run_id=run_id, phase_id=p, phase_index=0, tier_id="t", name=p))
+        await session.commit()
+
+    def fact(event_type: str, phase: str, **values: Any) -> Transition:
+        return Transition(
+            resource_kind="run",
+            resource_id=run_id,
+            state="PHASE_EXECUTION",
+            stage=phase,
+            event_type=event_type,
+            parts={f"phase:{phase}": values},
+            changes={"tokens_used": 7},
+        )
+
+    step = StepInput(
+        resource_kind="run",
+        resource_id=run_id,
+        stage="p2.builder",
+        argv=["true"],
+        resource_state="PHASE_EXECUTION",
+        parts={"phase:p2": {"state": "EXECUTING"}},
+        facts=[
+            fact("auditor_finished", "p1", recommendation="approve"),
+            fact("phase_completed", "p1", state="COMPLETE"),
+        ],
+    )
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement.split()[0].upper())
+
+    sa.event.listen(db.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        async with writing(db) as writes:
+            await StepRecords(db)._write_start(writes, step, 1, ["true"], None)
+    finally:
+        sa.event.remove(db.engine.sync_engine, "before_cursor_execute", seen)
+    writes_run = [s for s in statements if s in ("INSERT", "UPDATE")]
+    assert writes_run == ["UPDATE", "UPDATE", "UPDATE", "INSERT"], statements
+    async with db.session() as session:
+        run = await session.get(Run, run_id)
+        phases = {
+            p.phase_id: p
+            for p in await session.exec(select(RunPhase).where(RunPhase.run_id == run_id))
+        }
+        kinds = [
+            e.type
+            for e in await session.exec(
+                select(Event).where(Event.resource_id == run_id).order_by(col(Event.id))
+            )
+        ]
+    assert run is not None and (run.stage, run.tokens_used) == ("p2.builder", 7)
+    assert (phases["p1"].state, phases["p1"].recommendation) == ("COMPLETE", "approve")
+    assert phases["p2"].state == "EXECUTING"
+    assert kinds == ["auditor_finished", "phase_completed", "stage_started"]
