@@ -10,6 +10,12 @@ seen (the rows, `description`, `rowcount`, `lastrowid`).
 
 Server-side cursors (streamed results) keep SQLAlchemy's own adapter.
 
+A write runs on the event loop itself, without that trip (`_run_now`): a row write by key
+takes microseconds, less than waking two threads. It waits for nothing there: SQLite's
+busy timeout is 0 for it, and a write that finds another process holding the lock goes to
+the connection's thread, to wait for it as any statement does. Reads stay on the thread,
+since some scan and the loop must not wait for them.
+
 SQLite lets one connection write at a time. A writer that finds the lock taken sleeps in
 SQLite's busy handler (1, 2, 5, 10… ms) and tries again: with 20 creates in flight on 15
 pooled connections, that was four sleeps and ~50 futex calls a create. Here the writers of
@@ -79,6 +85,24 @@ def _run(connection: sqlite3.Connection, many: bool, operation: str, parameters:
         cursor.close()
 
 
+def _run_now(
+    connection: sqlite3.Connection, many: bool, operation: str, parameters: Any, patient_ms: int
+) -> _Ran | None:
+    """On the event loop: a write, or None when another process holds SQLite's lock. A
+    write that cannot lock wrote nothing; as its transaction's first statement it also let
+    go of its read snapshot, so the retry on the thread, with the busy timeout, waits as it
+    would have. (After a read, SQLite does not wait for the lock either way.)"""
+    connection.execute("PRAGMA busy_timeout=0")
+    try:
+        return _run(connection, many, operation, parameters)
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
+            return None
+        raise
+    finally:
+        connection.execute(f"PRAGMA busy_timeout={patient_ms}")
+
+
 # Statements that take SQLite's write lock; a SELECT does not.
 _WRITES = re.compile(
     r"\s*(INSERT|UPDATE|DELETE|REPLACE|CREATE|DROP|ALTER|BEGIN\s+(IMMEDIATE|EXCLUSIVE))\b", re.I
@@ -120,13 +144,19 @@ class _Cursor(AsyncAdapt_aiosqlite_cursor):
     async def _trip(self, many: bool, operation: Any, parameters: Any) -> _Ran:
         adapted: Any = self._adapt_connection
         connection: Any = self._connection
-        if adapted.turn is None and _WRITES.match(operation):
+        write = _WRITES.match(operation) is not None
+        if adapted.turn is None and write:
             await adapted.take_turn()
         try:
             async with adapted._execute_mutex:
-                ran: _Ran = await connection._execute(
-                    _run, connection._conn, many, operation, parameters
-                )
+                ran = None
+                if write:
+                    patient_ms = int(adapted.dbapi.writers.timeout_s * 1000)
+                    ran = _run_now(connection._conn, many, operation, parameters, patient_ms)
+                if ran is None:
+                    ran = await connection._execute(
+                        _run, connection._conn, many, operation, parameters
+                    )
         finally:
             if not adapted.in_transaction():
                 adapted.end_turn()  # a statement outside a transaction, or a failed BEGIN
@@ -219,5 +249,7 @@ class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
         self.writers = WriterTurn(busy_timeout_s)
 
     def connect(self, *arg: Any, **kw: Any) -> _Connection:
-        adapted = super().connect(*arg, **kw)
+        # Writes run on the loop's thread (`_run_now`), the rest on the connection's own;
+        # never at once, as SQLAlchemy runs one statement at a time on a connection.
+        adapted = super().connect(*arg, **{**kw, "check_same_thread": False})
         return _Connection(self, adapted._connection)

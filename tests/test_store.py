@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from sqlmodel import SQLModel, select
 
 from settings import Settings
 from store import migrate, resources
-from store.engine import Database, sync_url
+from store.engine import BUSY_TIMEOUT_S, Database, sync_url
 from store.models import Event, StepRun, Token, utcnow
 from store.tokens import Scope, create_token
 
@@ -105,7 +106,8 @@ async def test_sqlite_statements_take_one_trip_each_and_keep_their_results(
     sqlite_db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each call aiosqlite runs on its connection's thread is a trip (`sqlite_driver`):
-    a statement takes one, rows, rowcount and errors come back as SQLAlchemy's."""
+    a read takes one, a write none (it runs on the loop), and rows, rowcount and errors
+    come back as SQLAlchemy's."""
     trips: list[str] = []
     execute = aiosqlite.Connection._execute
 
@@ -131,7 +133,7 @@ async def test_sqlite_statements_take_one_trip_each_and_keep_their_results(
         await session.commit()
     assert changed.rowcount == 2
     assert sorted(found) == [("j0", "t"), ("j1", "u"), ("j2", "u")]
-    assert len(trips) == 4, trips  # three statements and the commit; no rollback after it
+    assert trips == ["_run", "commit"]  # the read and the commit; no rollback after it
     trips.clear()
     async with sqlite_db.session() as session:
         with pytest.raises(sa.exc.IntegrityError):
@@ -215,7 +217,8 @@ async def test_sqlite_writers_of_one_process_take_turns_in_order(tmp_path: Path)
         await write("after")
         keys = sorted((await session.exec(select(StepRun.key))).all())
     assert keys == ["a", "after", "b", "c", "d", "first"]
-    # A write cancelled around the moment it takes its turn is cancelled: no row.
+    # A write cancelled around the moment it takes its turn is cancelled, and leaves no
+    # row unless it got past its INSERT (then its commit, on the thread, may be under way).
     for n in range(1, 8):
         task = asyncio.create_task(write(f"cancelled-{n}"))
         for _ in range(n):
@@ -225,8 +228,57 @@ async def test_sqlite_writers_of_one_process_take_turns_in_order(tmp_path: Path)
                 await task
             async with db.session() as session:
                 found = (await session.exec(select(StepRun.key))).all()
-            assert f"cancelled-{n}" not in found
+            assert f"cancelled-{n}" not in found or f"cancelled-{n}" in order
         else:
             await task
     await write("last")  # and the turn was given back each time
     await db.dispose()
+
+
+async def test_a_sqlite_write_that_meets_another_process_lock_waits_off_the_loop(
+    tmp_path: Path,
+) -> None:
+    """Writes run on the event loop; one that finds SQLite's lock held by another process
+    (here a connection of its own, as the worker's would be) waits on its connection's
+    thread with the busy timeout, the loop going on meanwhile, and then writes."""
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    migrate.upgrade(url)
+    db = Database(url)
+    row = {"attempt": 1, "resource_id": "r", "outcome": "started", "result": None}
+    async with db.session() as session:  # the pool's connection, the file in WAL mode
+        await session.exec(select(StepRun.key))
+    other = sqlite3.connect(tmp_path / "other.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the other process holds the write lock
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    try:
+        async with db.session() as session:
+            writing = asyncio.create_task(
+                resources.insert(session, StepRun, row | {"key": "k", "created_at": utcnow()})
+            )
+            await asyncio.sleep(0.3)
+            assert not writing.done() and ticks >= 10  # waiting, and not on the loop
+            other.execute("ROLLBACK")
+            await writing
+            await session.commit()
+        async with db.session() as session:
+            assert (await session.exec(select(StepRun.key))).all() == ["k"]
+        # With the lock free, a write takes the loop's way, and leaves the connection's
+        # busy timeout as it was, for the statements that run on its thread.
+        async with db.session() as session:
+            await resources.insert(session, StepRun, row | {"key": "k2", "created_at": utcnow()})
+            conn = await session.connection()
+            timeout = (await conn.execute(sa.text("PRAGMA busy_timeout"))).scalar()
+            assert timeout == BUSY_TIMEOUT_S * 1000
+            await session.commit()
+    finally:
+        ticker.cancel()
+        other.close()
+        await db.dispose()
