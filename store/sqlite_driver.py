@@ -10,10 +10,11 @@ seen (the rows, `description`, `rowcount`, `lastrowid`).
 
 Server-side cursors (streamed results) keep SQLAlchemy's own adapter.
 
-A write runs on the event loop itself, without that trip (`_run_now`): a row write by key
-takes microseconds, less than waking two threads. It waits for nothing there: SQLite's
-busy timeout is 0 for it, and a write that finds another process holding the lock goes to
-the connection's thread, to wait for it as any statement does. Reads stay on the thread,
+A write, and a commit, run on the event loop itself, without that trip (`_run_now`): a
+row write by key takes microseconds, less than waking two threads. A write waits for
+nothing there: SQLite's busy timeout is 0 for it, and one that finds another process
+holding the lock goes to the connection's thread, to wait for it as any statement does.
+A commit in WAL mode takes no lock it does not hold already. Reads stay on the thread,
 since some scan and the loop must not wait for them.
 
 SQLite lets one connection write at a time. A writer that finds the lock taken sleeps in
@@ -208,7 +209,11 @@ class _Connection(AsyncAdapt_aiosqlite_connection):
 
     def commit(self) -> None:
         try:
-            super().commit()
+            # On the loop, as writes are: a commit in WAL mode takes no lock it does not
+            # hold, and appends its pages to the log without a sync (synchronous=NORMAL).
+            self._connection._conn.commit()
+        except Exception as error:
+            self._handle_exception(error)
         finally:
             # A commit that failed leaves the transaction, and SQLite's lock, to a rollback.
             if not self.in_transaction():

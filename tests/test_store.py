@@ -106,8 +106,8 @@ async def test_sqlite_statements_take_one_trip_each_and_keep_their_results(
     sqlite_db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each call aiosqlite runs on its connection's thread is a trip (`sqlite_driver`):
-    a read takes one, a write none (it runs on the loop), and rows, rowcount and errors
-    come back as SQLAlchemy's."""
+    a read takes one, a write or a commit none (they run on the loop), and rows, rowcount
+    and errors come back as SQLAlchemy's."""
     trips: list[str] = []
     execute = aiosqlite.Connection._execute
 
@@ -133,7 +133,7 @@ async def test_sqlite_statements_take_one_trip_each_and_keep_their_results(
         await session.commit()
     assert changed.rowcount == 2
     assert sorted(found) == [("j0", "t"), ("j1", "u"), ("j2", "u")]
-    assert trips == ["_run", "commit"]  # the read and the commit; no rollback after it
+    assert trips == ["_run"]  # the read; the writes and the commit run on the loop
     trips.clear()
     async with sqlite_db.session() as session:
         with pytest.raises(sa.exc.IntegrityError):
@@ -217,8 +217,8 @@ async def test_sqlite_writers_of_one_process_take_turns_in_order(tmp_path: Path)
         await write("after")
         keys = sorted((await session.exec(select(StepRun.key))).all())
     assert keys == ["a", "after", "b", "c", "d", "first"]
-    # A write cancelled around the moment it takes its turn is cancelled, and leaves no
-    # row unless it got past its INSERT (then its commit, on the thread, may be under way).
+    # A write cancelled around the moment it takes its turn is cancelled, and leaves no row
+    # unless it got past its INSERT (the cancel may then land after its commit).
     for n in range(1, 8):
         task = asyncio.create_task(write(f"cancelled-{n}"))
         for _ in range(n):
