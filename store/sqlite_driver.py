@@ -174,13 +174,14 @@ class _Cursor(AsyncAdapt_aiosqlite_cursor):
 
 
 class _Connection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ("turn", "turn_loop")
+    __slots__ = ("turn", "turn_loop", "wal")
     _cursor_cls: type[AsyncAdapt_aiosqlite_cursor] = _Cursor
 
     def __init__(self, dbapi: OneTripDBAPI, connection: Any) -> None:
         super().__init__(dbapi, connection)
         self.turn: asyncio.Lock | None = None
         self.turn_loop: asyncio.AbstractEventLoop | None = None
+        self.wal: bool | None = None  # the journal mode, read at the first commit
 
     async def take_turn(self) -> None:
         lock = self.dbapi.writers.lock()
@@ -209,15 +210,24 @@ class _Connection(AsyncAdapt_aiosqlite_connection):
 
     def commit(self) -> None:
         try:
-            # On the loop, as writes are: a commit in WAL mode takes no lock it does not
-            # hold, and appends its pages to the log without a sync (synchronous=NORMAL).
-            self._connection._conn.commit()
+            if self._in_wal():
+                # On the loop, as writes are: a commit in WAL mode takes no lock it does
+                # not hold, and appends its pages to the log without a sync.
+                self._connection._conn.commit()
+            else:  # a file system without WAL: the commit may wait for readers
+                super().commit()
         except Exception as error:
             self._handle_exception(error)
         finally:
             # A commit that failed leaves the transaction, and SQLite's lock, to a rollback.
             if not self.in_transaction():
                 self.end_turn()
+
+    def _in_wal(self) -> bool:
+        if self.wal is None:
+            mode = self._connection._conn.execute("PRAGMA journal_mode").fetchone()
+            self.wal = bool(mode) and str(mode[0]).lower() == "wal"
+        return self.wal
 
     def in_transaction(self) -> bool:
         try:

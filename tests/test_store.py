@@ -282,3 +282,28 @@ async def test_a_sqlite_write_that_meets_another_process_lock_waits_off_the_loop
         ticker.cancel()
         other.close()
         await db.dispose()
+
+
+async def test_a_sqlite_file_not_in_wal_mode_commits_on_its_thread(
+    sqlite_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without WAL (a file system that cannot share its memory), a commit may wait for
+    readers: it goes to the connection's thread, which waits with the busy timeout."""
+    trips: list[str] = []
+    execute = aiosqlite.Connection._execute
+
+    async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append(getattr(fn, "__name__", ""))
+        return await execute(self, fn, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+    async with sqlite_db.engine.connect() as conn:  # the pool's one connection, alone
+        assert (await conn.exec_driver_sql("PRAGMA journal_mode=DELETE")).scalar() == "delete"
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    row = {"attempt": 1, "resource_id": "r", "outcome": "started", "result": None}
+    async with sqlite_db.session() as session:
+        await resources.insert(session, StepRun, row | {"key": "k", "created_at": utcnow()})
+        await session.commit()
+    assert trips == ["commit"]
+    async with sqlite_db.session() as session:
+        assert (await session.exec(select(StepRun.key))).all() == ["k"]
+    await sqlite_db.dispose()
