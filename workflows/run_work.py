@@ -74,6 +74,7 @@ class PhaseWork(Gated):
         self.phases: dict[str, Phase] = {}
         self.tokens = 0
         self.workdir = ""
+        self._ending = False  # set as the run's end is recorded: executors' calls refused
         self._ended = False
 
     async def _build(
@@ -354,7 +355,7 @@ class PhaseWork(Gated):
         phase = self.phases.get(call.phase_id)
         if phase is None:
             raise refuse("PHASE_NOT_FOUND", f"run {self.run_id} has no phase {call.phase_id!r}")
-        if self._ended:
+        if self._ending:
             raise refuse("PHASE_NOT_AWAITING", f"run {self.run_id} has ended")
         for role in ("builder", "auditor"):
             if getattr(call, role) is not None and phase.awaiting != role:

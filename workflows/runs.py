@@ -298,6 +298,9 @@ class RunWorkflow(PhaseWork):
         return reason
 
     async def _end(self, state: str, message: str, error: str | None = None) -> None:
+        # Refused from now on: the run's end is on record (and its row says so) before this
+        # record returns, and nothing may be written after it.
+        self._ending = True
         await self._record("run_" + state.lower(), message, state=state, error=error, final=True)
         self._ended = True
 
