@@ -50,8 +50,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_reset(dbapi_connection: Any, _record: Any, state: Any) -> None:
-    # Every statement and rollback is a trip to the connection's own thread (aiosqlite),
-    # and a connection back from a commit has nothing to roll back: roll back only one
+    # A rollback is a trip to the connection's own thread (aiosqlite), and a connection
+    # back from a commit has nothing to roll back: roll back only one
     # that is still in a transaction (a session closed without commit already did). One
     # dropped without a loop to await on (garbage) is not reused: SQLAlchemy ends it.
     if state.terminate_only or not state.asyncio_safe:

@@ -1,4 +1,5 @@
-"""SQLAlchemy's aiosqlite driver, with each statement in one trip to the connection's thread.
+"""SQLAlchemy's aiosqlite driver: writes and commits on the event loop, and any other
+statement in one trip to the connection's thread.
 
 aiosqlite runs every call on a thread of the connection's own, and SQLAlchemy's adapter
 makes three or four such trips a statement: open a cursor, execute, fetch the rows, close
@@ -14,8 +15,9 @@ A write, and a commit, run on the event loop itself, without that trip (`_run_no
 row write by key takes microseconds, less than waking two threads. A write waits for
 nothing there: SQLite's busy timeout is 0 for it, and one that finds another process
 holding the lock goes to the connection's thread, to wait for it as any statement does.
-A commit in WAL mode takes no lock it does not hold already. Reads stay on the thread,
-since some scan and the loop must not wait for them.
+A commit in WAL mode takes no lock it does not hold already; the checkpoints that sync
+the log into the database run on the thread (`CHECKPOINT_BYTES`). Reads stay on the
+thread, since some scan and the loop must not wait for them.
 
 SQLite lets one connection write at a time. A writer that finds the lock taken sleeps in
 SQLite's busy handler (1, 2, 5, 10… ms) and tries again: with 20 creates in flight on 15
@@ -30,10 +32,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import re
 import sqlite3
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.dialects.sqlite.aiosqlite import (
@@ -42,6 +46,9 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_dbapi,
 )
 from sqlalchemy.util import EMPTY_DICT
+from sqlalchemy.util.concurrency import await_
+
+logger = logging.getLogger("pilothouse.store")
 
 
 @dataclass
@@ -87,13 +94,16 @@ def _run(connection: sqlite3.Connection, many: bool, operation: str, parameters:
 
 
 def _run_now(
-    connection: sqlite3.Connection, many: bool, operation: str, parameters: Any, patient_ms: int
+    connection: sqlite3.Connection, many: bool, operation: str, parameters: Any, busy_ms: int
 ) -> _Ran | None:
     """On the event loop: a write, or None when another process holds SQLite's lock. A
     write that cannot lock wrote nothing; as its transaction's first statement it also let
     go of its read snapshot, so the retry on the thread, with the busy timeout, waits as it
-    would have. (After a read, SQLite does not wait for the lock either way.)"""
-    connection.execute("PRAGMA busy_timeout=0")
+    would have. Later writes hold the lock already (after a read only, SQLite does not wait
+    for it either way): only the first runs with a busy timeout of 0."""
+    first = not connection.in_transaction
+    if first:
+        connection.execute("PRAGMA busy_timeout=0")
     try:
         return _run(connection, many, operation, parameters)
     except sqlite3.OperationalError as exc:
@@ -101,7 +111,47 @@ def _run_now(
             return None
         raise
     finally:
-        connection.execute(f"PRAGMA busy_timeout={patient_ms}")
+        if first:
+            connection.execute(f"PRAGMA busy_timeout={busy_ms}")
+
+
+# SQLite's own checkpoint (every 1000 pages, ~4 MB) copies the log into the database and
+# syncs both, in whichever commit crosses that size: on the loop, tens of milliseconds.
+# Connections here turn it off; a commit that leaves the log larger than this runs one
+# on its connection's thread. The log is cut back to this size when it starts over.
+CHECKPOINT_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What a connection's writes and commits need of its settings, read once."""
+
+    busy_ms: int
+    log: Path | None  # the write-ahead log; None when not in WAL mode
+
+
+def _setup(connection: sqlite3.Connection) -> _Setup:
+    busy_ms = int(connection.execute("PRAGMA busy_timeout").fetchone()[0])
+    mode = str(connection.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+    if mode != "wal":
+        return _Setup(busy_ms, None)
+    database = connection.execute("PRAGMA database_list").fetchone()[2]
+    connection.execute("PRAGMA wal_autocheckpoint=0")
+    connection.execute(f"PRAGMA journal_size_limit={CHECKPOINT_BYTES}")
+    return _Setup(busy_ms, Path(f"{database}-wal"))
+
+
+def _log_size(log: Path) -> int:
+    try:
+        return log.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _checkpoint(connection: sqlite3.Connection) -> None:
+    """On the connection's thread: what readers do not hold back of the log goes into the
+    database (PASSIVE: it waits for no one)."""
+    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 # Statements that take SQLite's write lock; a SELECT does not.
@@ -152,8 +202,8 @@ class _Cursor(AsyncAdapt_aiosqlite_cursor):
             async with adapted._execute_mutex:
                 ran = None
                 if write:
-                    patient_ms = int(adapted.dbapi.writers.timeout_s * 1000)
-                    ran = _run_now(connection._conn, many, operation, parameters, patient_ms)
+                    busy_ms = adapted.setup().busy_ms
+                    ran = _run_now(connection._conn, many, operation, parameters, busy_ms)
                 if ran is None:
                     ran = await connection._execute(
                         _run, connection._conn, many, operation, parameters
@@ -174,14 +224,14 @@ class _Cursor(AsyncAdapt_aiosqlite_cursor):
 
 
 class _Connection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ("turn", "turn_loop", "wal")
+    __slots__ = ("settings", "turn", "turn_loop")
     _cursor_cls: type[AsyncAdapt_aiosqlite_cursor] = _Cursor
 
     def __init__(self, dbapi: OneTripDBAPI, connection: Any) -> None:
         super().__init__(dbapi, connection)
         self.turn: asyncio.Lock | None = None
         self.turn_loop: asyncio.AbstractEventLoop | None = None
-        self.wal: bool | None = None  # the journal mode, read at the first commit
+        self.settings: _Setup | None = None  # read at the first write or commit
 
     async def take_turn(self) -> None:
         lock = self.dbapi.writers.lock()
@@ -209,25 +259,33 @@ class _Connection(AsyncAdapt_aiosqlite_connection):
             loop.call_soon_threadsafe(lock.release)
 
     def commit(self) -> None:
+        if not self._connection._connection:
+            return  # closed, as SQLAlchemy's own adapter has it
+        log = self.setup().log
         try:
-            if self._in_wal():
-                # On the loop, as writes are: a commit in WAL mode takes no lock it does
-                # not hold, and appends its pages to the log without a sync.
-                self._connection._conn.commit()
-            else:  # a file system without WAL: the commit may wait for readers
+            if log is None:  # not in WAL mode: the commit may wait for readers
                 super().commit()
+            else:
+                # On the loop, as writes are: a commit in WAL mode takes no lock it does
+                # not hold already, and appends to the log without a sync.
+                self._connection._conn.commit()
         except Exception as error:
             self._handle_exception(error)
         finally:
             # A commit that failed leaves the transaction, and SQLite's lock, to a rollback.
             if not self.in_transaction():
                 self.end_turn()
+        if log is not None and _log_size(log) > CHECKPOINT_BYTES:
+            try:
+                await_(self._connection._execute(_checkpoint, self._connection._conn))
+            except sqlite3.Error:
+                # Committed all the same; the next commit tries again.
+                logger.warning("checkpoint of %s failed", log, exc_info=True)
 
-    def _in_wal(self) -> bool:
-        if self.wal is None:
-            mode = self._connection._conn.execute("PRAGMA journal_mode").fetchone()
-            self.wal = bool(mode) and str(mode[0]).lower() == "wal"
-        return self.wal
+    def setup(self) -> _Setup:
+        if self.settings is None:
+            self.settings = _setup(self._connection._conn)
+        return self.settings
 
     def in_transaction(self) -> bool:
         try:

@@ -16,9 +16,10 @@ from alembic.migration import MigrationContext
 from sqlmodel import SQLModel, select
 
 from settings import Settings
-from store import migrate, resources
+from store import events, migrate, resources
 from store.engine import BUSY_TIMEOUT_S, Database, sync_url
 from store.models import Event, StepRun, Token, utcnow
+from store.sqlite_driver import CHECKPOINT_BYTES
 from store.tokens import Scope, create_token
 
 
@@ -306,4 +307,34 @@ async def test_a_sqlite_file_not_in_wal_mode_commits_on_its_thread(
     assert trips == ["commit"]
     async with sqlite_db.session() as session:
         assert (await session.exec(select(StepRun.key))).all() == ["k"]
+    await sqlite_db.dispose()
+
+
+async def test_sqlite_checkpoints_run_on_the_connection_thread(
+    sqlite_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits run on the loop; SQLite's own checkpoint, which copies and syncs the log in
+    whichever commit crosses its size, is off, and one runs on the connection's thread
+    once the log passes `CHECKPOINT_BYTES`: the log is moved into the database."""
+    trips: list[str] = []
+    execute = aiosqlite.Connection._execute
+
+    async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append(getattr(fn, "__name__", ""))
+        return await execute(self, fn, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    database = Path(sqlite_db.url.removeprefix("sqlite:///"))
+    empty = database.stat().st_size
+    blob = "x" * 65536
+    for n in range((CHECKPOINT_BYTES // 65536) + 8):
+        async with sqlite_db.session() as session:
+            await events.append(session, "job", f"j{n}", "t", payload={"blob": blob})
+            await session.commit()
+        if "_checkpoint" in trips:
+            break
+    assert "_checkpoint" in trips, "no checkpoint after writing past CHECKPOINT_BYTES"
+    assert database.stat().st_size > empty + CHECKPOINT_BYTES // 2  # the log's pages moved
+    async with sqlite_db.engine.connect() as conn:
+        assert (await conn.exec_driver_sql("PRAGMA wal_autocheckpoint")).scalar() == 0
     await sqlite_db.dispose()
