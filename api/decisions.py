@@ -13,7 +13,11 @@ from typing import Any, TypeVar
 
 import jsonschema
 from sqlmodel.ext.asyncio.session import AsyncSession
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -60,6 +64,11 @@ async def updating(call: Awaitable[T]) -> T:
         raise ApiError(409, "UPDATE_REFUSED", str(cause or exc)) from None
     except RPCError as exc:
         raise refusal(exc) from None
+    except WorkflowUpdateRPCTimeoutOrCancelledError:
+        # No answer in time (its worker is away); the workflow may still take it later.
+        raise ApiError(
+            503, "TEMPORAL_UNAVAILABLE", "the workflow did not answer in time; retry the call"
+        ) from None
 
 
 def refusal(exc: RPCError) -> ApiError:
