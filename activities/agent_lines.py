@@ -16,8 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from store import events
 from store.engine import Database
+from store.writes import writing
 
 # The agent adapter's logger: loggers name a subsystem, not a module.
 log = logging.getLogger("pilothouse.agents")
@@ -90,10 +90,9 @@ class AgentStream:
             while len(batch) < BATCH and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             try:
-                async with self.db.session() as session:
+                async with writing(self.db) as writes:
                     for e in batch:
-                        await events.append(
-                            session,
+                        writes.event(
                             self.kind,
                             self.resource_id,
                             e.type,
@@ -102,7 +101,6 @@ class AgentStream:
                             message=e.message,
                             payload=e.payload,
                         )
-                    await session.commit()
             except Exception:
                 # The run goes on without them: its raw log keeps every line.
                 log.warning("%s: %d agent events not written", self.resource_id, len(batch))

@@ -173,7 +173,9 @@ async def write_transition(writes: Writes, t: Transition) -> None:
     state = {"state": t.state} if t.state is not None else {}
     stage = {} if t.keep_stage else {"stage": t.stage}
     writes.set_fields(t.resource_kind, t.resource_id, error=t.error, **stage, **state, **t.changes)
-    await resources.add_parts(session, t.resource_kind, t.resource_id, t.adds)
+    if t.adds:
+        await writes.flush()  # a held update of a part that begins here found no row before
+        await resources.add_parts(session, t.resource_kind, t.resource_id, t.adds)
     writes.set_parts(t.resource_kind, t.resource_id, t.parts)
     if t.final:
         # A decision held for a gate comes first: a gate its approval left open closes now.

@@ -17,7 +17,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.records import Transition, write_transition
 from api.decisions import updating
-from store.writes import Writes
+from store.writes import written
 
 Outcome = Literal["canceling", "canceled", "failed", "completed"]
 End = Literal["canceled", "failed", "completed"]
@@ -71,19 +71,17 @@ async def _record(
     named: dict[End, str],
     message: str,
 ) -> None:
-    writes = Writes(session)
-    await write_transition(
-        writes,
-        Transition(
-            resource_kind=kind,
-            resource_id=resource_id,
-            state=named.get(state, state),
-            error=message if state != "completed" else None,
-            event_type=f"{kind}_{state}",
-            message=message,
-            payload={"status": state, "recorded_by": "api"},
-            final=True,
-        ),
-    )
-    await writes.flush()
-    await session.commit()
+    async with written(session) as writes:
+        await write_transition(
+            writes,
+            Transition(
+                resource_kind=kind,
+                resource_id=resource_id,
+                state=named.get(state, state),
+                error=message if state != "completed" else None,
+                event_type=f"{kind}_{state}",
+                message=message,
+                payload={"status": state, "recorded_by": "api"},
+                final=True,
+            ),
+        )

@@ -78,7 +78,7 @@ async def append_many(session: AsyncSession, rows: list[dict[str, Any]]) -> None
     postgres = resources.is_postgres(session)
     if postgres:
         conn = await session.connection()
-        for owner in owners:  # in one order everywhere, so two writers cannot deadlock
+        for owner in owners:  # sorted: two calls on the same resources lock them alike
             await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:r))"), {"r": owner})
     now = utcnow()
     # A plain INSERT built once: the ORM's unit of work costs more than the statement on

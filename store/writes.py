@@ -57,10 +57,16 @@ class Writes:
 
 @asynccontextmanager
 async def writing(db: Database) -> AsyncIterator[Writes]:
-    """A transaction whose held writes are flushed, then committed, when the block ends
-    without an error; with one, nothing is written."""
-    async with db.session() as session:
-        writes = Writes(session)
+    """A transaction of its own (`written`)."""
+    async with db.session() as session, written(session) as writes:
         yield writes
-        await writes.flush()
-        await session.commit()
+
+
+@asynccontextmanager
+async def written(session: AsyncSession) -> AsyncIterator[Writes]:
+    """Held writes for `session`'s transaction, flushed, then committed, when the block
+    ends without an error; with one, nothing is written."""
+    writes = Writes(session)
+    yield writes
+    await writes.flush()
+    await session.commit()
