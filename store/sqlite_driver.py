@@ -94,14 +94,19 @@ def _run(connection: sqlite3.Connection, many: bool, operation: str, parameters:
 
 
 def _run_now(
-    connection: sqlite3.Connection, many: bool, operation: str, parameters: Any, busy_ms: int
+    connection: sqlite3.Connection,
+    many: bool,
+    operation: str,
+    parameters: Any,
+    busy_ms: int,
+    *,
+    first: bool,
 ) -> _Ran | None:
     """On the event loop: a write, or None when another process holds SQLite's lock. A
-    write that cannot lock wrote nothing; as its transaction's first statement it also let
-    go of its read snapshot, so the retry on the thread, with the busy timeout, waits as it
-    would have. Later writes hold the lock already (after a read only, SQLite does not wait
-    for it either way): only the first runs with a busy timeout of 0."""
-    first = not connection.in_transaction
+    write that cannot lock wrote nothing; as its transaction's first write it also let go
+    of its read snapshot, so the retry on the thread, with the busy timeout, waits as it
+    would have. Later writes hold the lock already: only the `first` runs with a busy
+    timeout of 0."""
     if first:
         connection.execute("PRAGMA busy_timeout=0")
     try:
@@ -117,9 +122,11 @@ def _run_now(
 
 # SQLite's own checkpoint (every 1000 pages, ~4 MB) copies the log into the database and
 # syncs both, in whichever commit crosses that size: on the loop, tens of milliseconds.
-# Connections here turn it off; a commit that leaves the log larger than this runs one
-# on its connection's thread. The log is cut back to this size when it starts over.
+# Here a commit that leaves the log larger than this runs one on its connection's thread;
+# SQLite's own is set ten times further off, in case ours stops. The log is cut back to
+# this size when it starts over.
 CHECKPOINT_BYTES = 4 * 1024 * 1024
+SQLITE_CHECKPOINT_PAGES = 10_000
 
 
 @dataclass(frozen=True)
@@ -136,7 +143,7 @@ def _setup(connection: sqlite3.Connection) -> _Setup:
     if mode != "wal":
         return _Setup(busy_ms, None)
     database = connection.execute("PRAGMA database_list").fetchone()[2]
-    connection.execute("PRAGMA wal_autocheckpoint=0")
+    connection.execute(f"PRAGMA wal_autocheckpoint={SQLITE_CHECKPOINT_PAGES}")
     connection.execute(f"PRAGMA journal_size_limit={CHECKPOINT_BYTES}")
     return _Setup(busy_ms, Path(f"{database}-wal"))
 
@@ -196,14 +203,18 @@ class _Cursor(AsyncAdapt_aiosqlite_cursor):
         adapted: Any = self._adapt_connection
         connection: Any = self._connection
         write = _WRITES.match(operation) is not None
-        if adapted.turn is None and write:
+        # The transaction's first write: the ones after it hold SQLite's lock already.
+        first = write and adapted.turn is None
+        if first:
             await adapted.take_turn()
         try:
             async with adapted._execute_mutex:
                 ran = None
                 if write:
                     busy_ms = adapted.setup().busy_ms
-                    ran = _run_now(connection._conn, many, operation, parameters, busy_ms)
+                    ran = _run_now(
+                        connection._conn, many, operation, parameters, busy_ms, first=first
+                    )
                 if ran is None:
                     ran = await connection._execute(
                         _run, connection._conn, many, operation, parameters
@@ -262,6 +273,7 @@ class _Connection(AsyncAdapt_aiosqlite_connection):
         if not self._connection._connection:
             return  # closed, as SQLAlchemy's own adapter has it
         log = self.setup().log
+        wrote = self.turn is not None
         try:
             if log is None:  # not in WAL mode: the commit may wait for readers
                 super().commit()
@@ -269,18 +281,27 @@ class _Connection(AsyncAdapt_aiosqlite_connection):
                 # On the loop, as writes are: a commit in WAL mode takes no lock it does
                 # not hold already, and appends to the log without a sync.
                 self._connection._conn.commit()
+                if wrote:
+                    # Before the turn is given back: this process's writers wait, so the
+                    # log can start over once it is all in the database.
+                    self._checkpoint(log)
         except Exception as error:
             self._handle_exception(error)
         finally:
             # A commit that failed leaves the transaction, and SQLite's lock, to a rollback.
             if not self.in_transaction():
                 self.end_turn()
-        if log is not None and _log_size(log) > CHECKPOINT_BYTES:
-            try:
+
+    def _checkpoint(self, log: Path) -> None:
+        """On the connection's thread, once the log passes `CHECKPOINT_BYTES`. A cancel
+        that lands meanwhile comes after the commit took effect."""
+        try:
+            if _log_size(log) > CHECKPOINT_BYTES:
                 await_(self._connection._execute(_checkpoint, self._connection._conn))
-            except sqlite3.Error:
-                # Committed all the same; the next commit tries again.
-                logger.warning("checkpoint of %s failed", log, exc_info=True)
+        except Exception:
+            # Committed all the same; the next commit tries again, and SQLite's own
+            # checkpoint, set far off, bounds the log meanwhile.
+            logger.warning("checkpoint of %s failed", log, exc_info=True)
 
     def setup(self) -> _Setup:
         if self.settings is None:

@@ -19,7 +19,7 @@ from settings import Settings
 from store import events, migrate, resources
 from store.engine import BUSY_TIMEOUT_S, Database, sync_url
 from store.models import Event, StepRun, Token, utcnow
-from store.sqlite_driver import CHECKPOINT_BYTES
+from store.sqlite_driver import CHECKPOINT_BYTES, SQLITE_CHECKPOINT_PAGES
 from store.tokens import Scope, create_token
 
 
@@ -271,14 +271,25 @@ async def test_a_sqlite_write_that_meets_another_process_lock_waits_off_the_loop
             await session.commit()
         async with db.session() as session:
             assert (await session.exec(select(StepRun.key))).all() == ["k"]
-        # With the lock free, a write takes the loop's way, and leaves the connection's
-        # busy timeout as it was, for the statements that run on its thread.
+        # With the lock free, writes take the loop's way: the first of a transaction with
+        # a busy timeout of 0 (the next hold the lock), which goes back to the connection's
+        # own after it, whatever the writers' turns wait.
+        db.engine.sync_engine.dialect.dbapi.writers.timeout_s = 1.0  # type: ignore[union-attr]
         async with db.session() as session:
-            await resources.insert(session, StepRun, row | {"key": "k2", "created_at": utcnow()})
             conn = await session.connection()
+            raw = (await conn.get_raw_connection()).driver_connection._conn  # type: ignore[union-attr]
+            traced: list[str] = []
+            raw.set_trace_callback(traced.append)
+            for key in ("k2", "k3"):
+                await resources.insert(session, StepRun, row | {"key": key, "created_at": utcnow()})
+            raw.set_trace_callback(None)
             timeout = (await conn.execute(sa.text("PRAGMA busy_timeout"))).scalar()
             assert timeout == BUSY_TIMEOUT_S * 1000
             await session.commit()
+        assert [t for t in traced if t.startswith("PRAGMA busy_timeout")] == [
+            "PRAGMA busy_timeout=0",
+            f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}",
+        ], traced
     finally:
         ticker.cancel()
         other.close()
@@ -314,8 +325,8 @@ async def test_sqlite_checkpoints_run_on_the_connection_thread(
     sqlite_db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Commits run on the loop; SQLite's own checkpoint, which copies and syncs the log in
-    whichever commit crosses its size, is off, and one runs on the connection's thread
-    once the log passes `CHECKPOINT_BYTES`: the log is moved into the database."""
+    whichever commit crosses its size, is set far off, and one runs on the connection's
+    thread once the log passes `CHECKPOINT_BYTES`: the log is moved into the database."""
     trips: list[str] = []
     execute = aiosqlite.Connection._execute
 
@@ -336,5 +347,6 @@ async def test_sqlite_checkpoints_run_on_the_connection_thread(
     assert "_checkpoint" in trips, "no checkpoint after writing past CHECKPOINT_BYTES"
     assert database.stat().st_size > empty + CHECKPOINT_BYTES // 2  # the log's pages moved
     async with sqlite_db.engine.connect() as conn:
-        assert (await conn.exec_driver_sql("PRAGMA wal_autocheckpoint")).scalar() == 0
+        pages = (await conn.exec_driver_sql("PRAGMA wal_autocheckpoint")).scalar()
+        assert pages == SQLITE_CHECKPOINT_PAGES
     await sqlite_db.dispose()
