@@ -64,7 +64,9 @@ async def updating(call: Awaitable[T]) -> T:
         raise ApiError(409, "UPDATE_REFUSED", str(cause or exc)) from None
     except RPCError as exc:
         raise refusal(exc) from None
-    except WorkflowUpdateRPCTimeoutOrCancelledError:
+    except WorkflowUpdateRPCTimeoutOrCancelledError as exc:
+        if isinstance(exc.__cause__, asyncio.CancelledError):
+            raise exc.__cause__ from None  # the request was cancelled: no answer is due
         # No answer in time (its worker is away); the workflow may still take it later.
         raise ApiError(
             503, "TEMPORAL_UNAVAILABLE", "the workflow did not answer in time; retry the call"
