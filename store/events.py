@@ -8,7 +8,7 @@ API processes' watchers. On SQLite, writers are serialized anyway and watchers p
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import sqlalchemy as sa
 from sqlmodel import col, select
@@ -20,27 +20,29 @@ from store.models import Event, utcnow
 CHANNEL = "pilothouse_events"
 
 
+class EventFields(TypedDict, total=False):
+    """What an event may say besides its resource and type."""
+
+    stage: str | None
+    status: str | None
+    message: str
+    payload: dict[str, Any] | None
+    final: bool
+
+
 def row(
-    resource_kind: str,
-    resource_id: str,
-    type: str,
-    *,
-    stage: str | None = None,
-    status: str | None = None,
-    message: str = "",
-    payload: dict[str, Any] | None = None,
-    final: bool = False,
+    resource_kind: str, resource_id: str, type: str, **fields: Unpack[EventFields]
 ) -> dict[str, Any]:
     """An event as `append_many` takes it; it is stamped as it is written."""
     return {
         "resource_kind": resource_kind,
         "resource_id": resource_id,
         "type": type,
-        "stage": stage,
-        "status": status,
-        "message": message,
-        "payload": payload or {},
-        "final": final,
+        "stage": fields.get("stage"),
+        "status": fields.get("status"),
+        "message": fields.get("message", ""),
+        "payload": fields.get("payload") or {},
+        "final": fields.get("final", False),
     }
 
 
@@ -49,25 +51,10 @@ async def append(
     resource_kind: str,
     resource_id: str,
     type: str,
-    *,
-    stage: str | None = None,
-    status: str | None = None,
-    message: str = "",
-    payload: dict[str, Any] | None = None,
-    final: bool = False,
+    **fields: Unpack[EventFields],
 ) -> None:
     """Add an event to the caller's transaction; it becomes visible at commit."""
-    event = row(
-        resource_kind,
-        resource_id,
-        type,
-        stage=stage,
-        status=status,
-        message=message,
-        payload=payload,
-        final=final,
-    )
-    await append_many(session, [event])
+    await append_many(session, [row(resource_kind, resource_id, type, **fields)])
 
 
 async def append_many(session: AsyncSession, rows: list[dict[str, Any]]) -> None:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Unpack
 
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from store import events, resources
 from store.engine import Database
+from store.events import EventFields
 
 RowKey = tuple[type[SQLModel], tuple[tuple[str, Any], ...]]
 
@@ -43,7 +44,9 @@ class Writes:
         for change in resources.part_changes(kind, resource_id, parts):
             self.update(*change)
 
-    def event(self, resource_kind: str, resource_id: str, type: str, **fields: Any) -> None:
+    def event(
+        self, resource_kind: str, resource_id: str, type: str, **fields: Unpack[EventFields]
+    ) -> None:
         """An event, as `events.append` takes it."""
         self._events.append(events.row(resource_kind, resource_id, type, **fields))
 
