@@ -298,8 +298,8 @@ class RunWorkflow(PhaseWork):
         return reason
 
     async def _end(self, state: str, message: str, error: str | None = None) -> None:
-        # Refused from now on: the run's end is on record (and its row says so) before this
-        # record returns, and nothing may be written after it.
+        # Executors' calls are refused from now on: the row says the run ended before this
+        # record returns, and the API sends their Updates without reading the row first.
         self._ending = True
         await self._record("run_" + state.lower(), message, state=state, error=error, final=True)
         self._ended = True

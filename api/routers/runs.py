@@ -6,14 +6,13 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-import sqlalchemy as sa
 from fastapi import Body, Query, status
 from pydantic import BaseModel, ValidationError
-from sqlmodel import col, select
+from sqlmodel import select
 
 from api import cancels, decisions
 from api.deps import IdempotencyKeyDep, SessionDep, TemporalDep
-from api.errors import ApiError, ErrorBody, not_found
+from api.errors import ApiError, ErrorBody
 from api.ratelimit import RateLimit
 from api.route import strict_router
 from api.run_models import PathId, RunResponse, Writer, load_phase, load_run, run_response
@@ -165,24 +164,10 @@ async def _call(
 
 
 async def _explain_refusal(session: SessionDep, run_id: str, phase_id: str) -> None:
-    found = (
-        await session.exec(
-            select(Run.state, RunPhase.phase_id)
-            .join(
-                RunPhase,
-                sa.and_(col(RunPhase.run_id) == Run.id, col(RunPhase.phase_id) == phase_id),
-                isouter=True,
-            )
-            .where(Run.id == run_id)
-        )
-    ).first()
-    if found is None:
-        raise not_found("run", run_id)
-    state, phase = found
-    if is_over(state):
-        raise ApiError(409, "RUN_ENDED", f"run {run_id} is already {state}")
-    if phase is None:
-        raise not_found("phase", f"{run_id}/{phase_id}")
+    """Why Temporal refused, when the database knows better: no such run or phase (404),
+    or a run that has ended (409); else the refusal stands."""
+    await _running(session, run_id)
+    await load_phase(session, run_id, phase_id)
 
 
 def _same_ids(run_id: str, phase_id: str, body: BuilderResult | AuditorResult) -> None:
