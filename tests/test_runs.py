@@ -5,18 +5,21 @@ patches and budgets; a worker killed mid-phase."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
 import httpx
 import pytest
 from sqlmodel import select
+from temporalio.api.history.v1 import History
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from store.engine import Database
 from store.models import Event, GateRow, IdempotencyKey, Run, RunPhase, RunTier
 from tests.conftest import Api, serve
 from tests.jobs_helpers import GATE, create_job, stage
+from tests.test_replay import HISTORIES, REPLAYER
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -126,6 +129,18 @@ async def test_a_two_tier_run_builds_audits_and_succeeds(
     handle = client.get_workflow_handle("build-1")
     await handle.result()
     assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
+    history = await handle.fetch_history()
+    if os.environ.get("PILOTHOUSE_RECORD_HISTORIES"):
+        recorded = History(events=history.events).SerializeToString()
+        (HISTORIES / "run_two_tiers.pb").write_bytes(recorded)
+    await REPLAYER.replay_workflow(history)
+    scheduled = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+    # A workspace with nothing to clone is prepared locally, with no trip through the queues.
+    assert "workspaces.prepare" not in scheduled and "steps.run" in scheduled
     progress = (await admin.get("/runs/build-1/progress")).json()
     assert (progress["state"], progress["tokens_used"], progress["phases_completed"]) == (
         "DONE_SUCCESS",

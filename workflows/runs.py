@@ -41,6 +41,9 @@ RUN_ENDS = (
 ACTIVE = ("EXECUTING", "GATE", "CI_RUNNING")
 BUDGET = "budget_exceeded"
 PREPARE_TIMEOUT = timedelta(minutes=10)
+LOCAL_PREPARE_TIMEOUT = timedelta(seconds=30)
+# Histories from before a workspace without a clone was prepared locally replay as they ran.
+PREPARE_LOCALLY = "workspace-without-clone-prepared-locally"
 __all__ = ["RUN_ENDS", "RunInput", "RunWorkflow"]
 
 
@@ -90,18 +93,32 @@ class RunWorkflow(PhaseWork):
         assert spec.run.token_cap is not None
         self.cap = spec.run.token_cap
         self.phases = {p.phase_id: Phase(p) for p in spec.phases}
+        prepare = WorkspaceIn(
+            resource_id=self.run_id, workdir=spec.run.workdir, repository=spec.run.repository
+        )
         try:
-            workspace: Workspace = await workflow.execute_activity(
-                "workspaces.prepare",
-                WorkspaceIn(
-                    resource_id=self.run_id,
-                    workdir=spec.run.workdir,
-                    repository=spec.run.repository,
-                ),
-                result_type=Workspace,
-                start_to_close_timeout=PREPARE_TIMEOUT,
-                retry_policy=RetryPolicy(maximum_attempts=3),
-            )
+            if (
+                prepare.repository is None
+                and self.may_hold_task()
+                and workflow.patched(PREPARE_LOCALLY)
+            ):
+                # A directory checked or copied from a template: milliseconds, safe to run
+                # again, so no trip through the server's queues. A clone stays ordinary.
+                workspace: Workspace = await workflow.execute_local_activity(
+                    "workspaces.prepare",
+                    prepare,
+                    result_type=Workspace,
+                    start_to_close_timeout=LOCAL_PREPARE_TIMEOUT,
+                    retry_policy=RetryPolicy(maximum_attempts=3),
+                )
+            else:
+                workspace = await workflow.execute_activity(
+                    "workspaces.prepare",
+                    prepare,
+                    result_type=Workspace,
+                    start_to_close_timeout=PREPARE_TIMEOUT,
+                    retry_policy=RetryPolicy(maximum_attempts=3),
+                )
         except ActivityError as err:
             return await self._fail("DONE_FAILED_ENVIRONMENT", f"workspace: {cause(err)}")
         self.workdir = workspace.path
