@@ -1,4 +1,4 @@
-"""Determinism: recorded job and task histories replay against today's workflow code."""
+"""Determinism: recorded job, run and task histories replay against today's workflow code."""
 
 from __future__ import annotations
 

@@ -5,8 +5,12 @@ patches and budgets; a worker killed mid-phase."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -130,10 +134,10 @@ async def test_a_two_tier_run_builds_audits_and_succeeds(
     await handle.result()
     assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
     history = await handle.fetch_history()
+    await REPLAYER.replay_workflow(history)
     if os.environ.get("PILOTHOUSE_RECORD_HISTORIES"):
         recorded = History(events=history.events).SerializeToString()
         (HISTORIES / "run_two_tiers.pb").write_bytes(recorded)
-    await REPLAYER.replay_workflow(history)
     scheduled = [
         e.activity_task_scheduled_event_attributes.activity_type.name
         for e in history.events
@@ -455,6 +459,43 @@ async def test_cancel_stops_a_run_and_closes_its_gates(api: Api, admin: httpx.As
     assert closed is not None and closed.state == "canceled"
     again = await admin.post(f"/runs/{run_id}/cancel")
     assert again.status_code == 409
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[tuple[str, threading.Event]]:
+    """An HTTP address that takes connections and never answers: a clone from it hangs."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    connected = threading.Event()
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(listener.accept()[0])
+                connected.set()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/slow.git", connected
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+async def test_a_run_canceled_while_it_clones_ends_canceled(
+    api: Api, admin: httpx.AsyncClient
+) -> None:
+    with silent_server() as (url, connected):
+        body = run_body("cancel-clone", ["t1"], [phase("p1", "t1", builder=cmd("true"))])
+        body["run"]["repository"] = url
+        run_id = await start(admin, body)
+        assert await asyncio.to_thread(connected.wait, 30), "the clone never began"
+        answer = await admin.post(f"/runs/{run_id}/cancel")
+        assert answer.status_code == 200, answer.text
+        run = await wait_run(api.db, run_id, "DONE_CANCELED", "DONE_FAILED_ENVIRONMENT")
+    assert run.state == "DONE_CANCELED", run.error
+    assert "run_done_canceled" in [e.type for e in await events_of(api, run_id)]
 
 
 async def test_a_parallel_tier_runs_its_phases_at_once(api: Api, admin: httpx.AsyncClient) -> None:

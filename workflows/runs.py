@@ -120,6 +120,8 @@ class RunWorkflow(PhaseWork):
                     retry_policy=RetryPolicy(maximum_attempts=3),
                 )
         except ActivityError as err:
+            if is_cancelled_exception(err):
+                raise  # a cancel during a clone ends the run canceled, not failed
             return await self._fail("DONE_FAILED_ENVIRONMENT", f"workspace: {cause(err)}")
         self.workdir = workspace.path
         for tier, phases in spec.in_order():
