@@ -1,5 +1,6 @@
-"""What a task may name as its repository, beyond its shape (`task_spec.RepoUrl`): never a
-mirror or a workspace of Pilothouse's own, which hold what others' tokens fetched."""
+"""What a task or a run may name as its repository, or a run as its work tree, beyond its
+shape (`task_spec.RepoUrl`): never a mirror or a workspace of Pilothouse's own, which hold
+what others' tokens fetched."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from api.errors import ApiError
 from settings import Settings
 
 
-def check_repository(repo_url: str | None, settings: Settings) -> None:
+def check_repository(repo_url: str | None, settings: Settings, field: str = "repo_url") -> None:
+    """Refuse `repo_url` (named `field` in the request) when it is a local path or file://
+    URL inside Pilothouse's mirrors or workspaces."""
     if repo_url and any(
         _inside(repo_url, d) for d in (settings.mirrors_dir, settings.workspaces_dir)
     ):
         raise ApiError(
-            422, "REPOSITORY_NOT_ALLOWED", "repo_url: a mirror or workspace of Pilothouse's own"
+            422, "REPOSITORY_NOT_ALLOWED", f"{field}: a mirror or workspace of Pilothouse's own"
         )
 
 

@@ -169,6 +169,19 @@ async def test_start_refuses_what_cannot_run(api: Api, admin: httpx.AsyncClient)
     assert answer.status_code == 422 and "run.repository" in answer.json()["detail"]
     too_many = run_body("bad-3", ["t1"], [phase(f"p{n}", "t1", n) for n in range(3)], max_phases=2)
     assert (await admin.post("/runs/start", json=too_many)).status_code == 422
+    # What another token fetched, or an agent works on, is not a run's to clone or build in.
+    data = api.settings.data_dir
+    for field, path in (
+        ("repository", f"file://{data}/mirrors/x.git"),
+        ("repository", f"{data}/workspaces/task-1"),
+        ("workdir", f"{data}/mirrors/x.git"),
+        ("workdir", f"{data}/workspaces/../workspaces/task-1"),
+    ):
+        ours = run_body("bad-5", ["t1"], [phase("p1", "t1")], **{field: path})
+        answer = await admin.post("/runs/start", json=ours)
+        assert answer.status_code == 422, (field, path, answer.text)
+        assert answer.json()["error_code"] == "REPOSITORY_NOT_ALLOWED"
+        assert f"run.{field}" in answer.json()["detail"]
     async with api.db.session() as session:
         assert list(await session.exec(select(Run))) == []
 

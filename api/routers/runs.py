@@ -14,6 +14,7 @@ from api import cancels, decisions
 from api.deps import IdempotencyKeyDep, SessionDep, TemporalDep
 from api.errors import ApiError, ErrorBody
 from api.ratelimit import RateLimit
+from api.repositories import check_repository
 from api.route import strict_router
 from api.run_models import PathId, RunResponse, Writer, load_phase, load_run, run_response
 from api.starts import Caller, create_and_start, starter
@@ -71,6 +72,9 @@ async def start_run(
     """Starts `RunWorkflow`: tiers in order, each phase built, audited, maybe gated."""
     principal = caller.principal
     spec = body.run
+    # As for tasks: what another token fetched is not handed over by naming its path.
+    check_repository(spec.repository, caller.settings, "run.repository")
+    check_repository(spec.workdir, caller.settings, "run.workdir")
     assert spec.token_cap and spec.max_phases and spec.max_duration_minutes
     now = utcnow()
     run = await create_and_start(
