@@ -17,7 +17,7 @@ import httpx
 import pytest
 from sqlmodel import select
 from temporalio.api.history.v1 import History
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 
 from store.engine import Database
 from store.models import Event, GateRow, IdempotencyKey, Run, RunPhase, RunTier
@@ -541,6 +541,49 @@ async def test_a_taken_run_id_is_409_with_or_without_a_key(admin: httpx.AsyncCli
     assert replay.status_code == 201 and replay.json()["id"] == "taken"
     other = await admin.post("/runs/start", json=body, headers={"Idempotency-Key": "two"})
     assert other.status_code == 409 and other.json()["error_code"] == "RUN_EXISTS"
+
+
+async def test_short_steps_fail_and_revise_as_any_step(
+    api: Api, admin: httpx.AsyncClient, client: Client
+) -> None:
+    """Steps that declare a short timeout run as local activities: a failing one is read as
+    a failing ordinary one is (an auditor's exit asks for a revision; a builder's fails)."""
+    short = {"timeout_seconds": 10}
+    body = run_body(
+        "short-fail",
+        ["t1"],
+        [
+            phase(
+                "p1",
+                "t1",
+                0,
+                builder=cmd("true") | short,
+                auditor=cmd('[ "$PILOTHOUSE_ATTEMPT" -ge 2 ]') | short,
+            ),
+            phase("p2", "t1", 1, builder=cmd("echo broke; exit 3") | short),
+        ],
+    )
+    run_id = await start(admin, body)
+    run = await wait_run(
+        api.db,
+        run_id,
+        "DONE_FAILED_REQUIRES_HUMAN_REVIEW",
+        "DONE_SUCCESS",
+        "DONE_FAILED_ENVIRONMENT",
+    )
+    handle = client.get_workflow_handle(run_id)
+    with contextlib.suppress(WorkflowFailureError):
+        await handle.result()
+    history = await handle.fetch_history()
+    await REPLAYER.replay_workflow(history)
+    if os.environ.get("PILOTHOUSE_RECORD_HISTORIES"):
+        recorded = History(events=history.events).SerializeToString()
+        (HISTORIES / "run_short_steps_fail.pb").write_bytes(recorded)
+    phases = await phases_of(api, run_id)
+    assert phases["p1"].state == "COMPLETE" and phases["p1"].builder_attempts == 2, run.error
+    assert phases["p2"].state == "FAILED", run.error
+    assert phases["p2"].error == "the builder exited with status 3: broke"
+    assert run.state == "DONE_FAILED_REQUIRES_HUMAN_REVIEW"
 
 
 async def test_a_failing_builder_fails_its_phase_saying_why(

@@ -18,7 +18,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, model_validator
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    FailureError,
+    is_cancelled_exception,
+)
 
 with workflow.unsafe.imports_passed_through():
     from activities.notify import GateClosedNotice, GateNotice, GateReminderNotice
@@ -185,6 +190,33 @@ def refuse(code: str, message: str) -> ApplicationError:
     return ApplicationError(message, type=code, non_retryable=True)
 
 
+LOCAL_FAILURES_WRAPPED = "local-activity-failures-wrapped"
+
+
+async def execute_local(activity: str, arg: Any, **options: Any) -> Any:
+    """`workflow.execute_local_activity`, failing as `execute_activity` does. The SDK raises
+    a local activity's own failure (an ApplicationError, a timeout) bare, where an ordinary
+    activity's comes as the cause of an ActivityError: wrapped alike, every caller reads
+    one shape, and a failing short step is not taken for an error of the workflow's own."""
+    try:
+        return await workflow.execute_local_activity(activity, arg, **options)
+    except FailureError as err:
+        if isinstance(err, ActivityError) or is_cancelled_exception(err):
+            raise
+        # A history that took the bare failure for the workflow's own replays as it ran.
+        if not workflow.patched(LOCAL_FAILURES_WRAPPED):
+            raise
+        raise ActivityError(
+            "Local activity task failed",
+            scheduled_event_id=0,
+            started_event_id=0,
+            identity="",
+            activity_type=activity,
+            activity_id="",
+            retry_state=None,
+        ) from err
+
+
 class Gated:
     """Base class of every workflow with gates: the `decide` Update and `run_gate`."""
 
@@ -219,7 +251,7 @@ class Gated:
         # Deferred transitions are not idempotent: each goes to one activity only (its
         # retries carry the same input), so two running at once never both write one.
         fact.facts, self._deferred = self._deferred, []
-        execute = workflow.execute_local_activity if local else workflow.execute_activity
+        execute = execute_local if local else workflow.execute_activity
         result = await execute(activity, fact, **options)
         written = {d.id for d in carried}
         self._unrecorded = [d for d in self._unrecorded if d.id not in written]

@@ -26,7 +26,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 with workflow.unsafe.imports_passed_through():
     from activities.workspaces import Workspace, WorkspaceIn
     from strict import explain
-    from workflows.gate import GateConfig, cause
+    from workflows.gate import GateConfig, cause, execute_local
     from workflows.run_spec import PhaseSpec, RunSpec, TierSpec
     from workflows.run_work import Phase, PhaseWork, RunInput
 
@@ -104,7 +104,7 @@ class RunWorkflow(PhaseWork):
             ):
                 # A directory checked or copied from a template: milliseconds, safe to run
                 # again, so no trip through the server's queues. A clone stays ordinary.
-                workspace: Workspace = await workflow.execute_local_activity(
+                workspace: Workspace = await execute_local(
                     "workspaces.prepare",
                     prepare,
                     result_type=Workspace,
