@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,6 +23,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from store.engine import Database
 from store.models import Event, GateRow, IdempotencyKey, Run, RunPhase, RunTier
 from tests.conftest import Api, serve
+from tests.git_servers import run_git
 from tests.jobs_helpers import GATE, create_job, stage
 from tests.test_replay import HISTORIES, REPLAYER
 
@@ -184,6 +186,32 @@ async def test_start_refuses_what_cannot_run(api: Api, admin: httpx.AsyncClient)
         assert f"run.{field}" in answer.json()["detail"]
     async with api.db.session() as session:
         assert list(await session.exec(select(Run))) == []
+
+
+async def test_a_run_builds_in_the_workdir_it_names(
+    api: Api, admin: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    run_git(tree, "init", "--quiet", "--initial-branch=main")
+    (tree / "README.md").write_text("hello\n")
+    run_git(tree, "add", "README.md")
+    run_git(tree, "commit", "--quiet", "-m", "first")
+    build = phase("p1", "t1", builder=cmd("echo more >> README.md"), auditor=cmd("true"))
+    run_id = await start(admin, run_body("in-tree", ["t1"], [build], workdir=str(tree)))
+    run = await wait_run(api.db, run_id, "DONE_SUCCESS", "DONE_FAILED_ENVIRONMENT")
+    assert run.state == "DONE_SUCCESS", run.error
+    assert (tree / "README.md").read_text() == "hello\nmore\n"
+    assert (await phases_of(api, run_id))["p1"].files_changed == ["README.md"]
+    # A directory that is no git work tree ends the run saying so; a relative one is refused.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    run_id = await start(admin, run_body("no-tree", ["t1"], [build], workdir=str(plain)))
+    run = await wait_run(api.db, run_id, "DONE_SUCCESS", "DONE_FAILED_ENVIRONMENT")
+    assert run.state == "DONE_FAILED_ENVIRONMENT" and "workspace" in (run.error or "")
+    relative = run_body("relative", ["t1"], [build], workdir="tree")
+    answer = await admin.post("/runs/start", json=relative)
+    assert answer.status_code == 422 and "run.workdir" in answer.json()["detail"]
 
 
 async def test_a_run_that_cannot_start_or_is_paused_leaves_nothing_behind(api: Api) -> None:

@@ -91,7 +91,11 @@ class RunCreate(Strict):
     max_duration_minutes: int | None = Field(
         DEFAULT_MAX_MINUTES, ge=1, le=int(LIMITS.max_duration_s // 60)
     )
-    workdir: PathText | None = Field(None, description="A git work tree to build in")
+    workdir: PathText | None = Field(
+        None,
+        pattern="^/",
+        description="A git work tree to build in, as an absolute path on the worker's host",
+    )
     repository: PathText | None = Field(
         None,
         pattern=REPOSITORY,
