@@ -5,6 +5,7 @@ what others' tokens fetched."""
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from api.errors import ApiError
 from settings import Settings
@@ -23,5 +24,14 @@ def check_repository(repo_url: str | None, settings: Settings, field: str = "rep
 
 def _inside(repo_url: str, root: Path) -> bool:
     """Whether a local repository (a path or a file:// URL) lies under `root`."""
-    path = repo_url.removeprefix("file://")
-    return path.startswith("/") and Path(path).resolve().is_relative_to(root.resolve())
+    return (path := local_path(repo_url)) is not None and Path(path).resolve().is_relative_to(
+        root.resolve()
+    )
+
+
+def local_path(repo_url: str) -> str | None:
+    """The absolute path git reads for a local repository, or None for a remote one. As
+    git does, a file:// URL's host is ignored and its %-escapes are decoded."""
+    is_url = repo_url.lower().startswith("file://")
+    path = unquote(urlsplit(repo_url).path) if is_url else repo_url
+    return path if path.startswith("/") else None
