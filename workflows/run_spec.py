@@ -92,9 +92,7 @@ class RunCreate(Strict):
         DEFAULT_MAX_MINUTES, ge=1, le=int(LIMITS.max_duration_s // 60)
     )
     workdir: PathText | None = Field(
-        None,
-        pattern="^/",
-        description="A git work tree to build in, as an absolute path on the worker's host",
+        None, description="A git work tree to build in, as an absolute path on the worker's host"
     )
     repository: PathText | None = Field(
         None,

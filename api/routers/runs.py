@@ -72,6 +72,12 @@ async def start_run(
     """Starts `RunWorkflow`: tiers in order, each phase built, audited, maybe gated."""
     principal = caller.principal
     spec = body.run
+    # Checked here, not in RunSpec, which the workflow checks again: runs that took a
+    # relative workdir before keep replaying as they ran.
+    if spec.workdir is not None and not spec.workdir.startswith("/"):
+        raise ApiError(
+            422, "VALIDATION_ERROR", "run.workdir: an absolute path on the worker's host"
+        )
     # As for tasks: what another token fetched is not handed over by naming its path.
     check_repository(spec.repository, caller.settings, "run.repository")
     check_repository(spec.workdir, caller.settings, "run.workdir")
