@@ -34,6 +34,7 @@ from activities.git import (
     workspace_error,
 )
 from activities.mirrors import clone_from_mirror
+from activities.own_paths import is_own
 from settings import Settings
 from store import credentials
 from store.credentials import CredentialRef
@@ -115,6 +116,9 @@ class Workspaces:
 
     @activity.defn(name="workspaces.prepare")
     async def prepare(self, w: WorkspaceIn) -> Workspace:
+        for name, named in (("workdir", w.workdir), ("repository", w.repository)):
+            if named is not None:
+                await self._refuse_own(named, f"{name} {named}")
         if w.workdir:
             path = Path(w.workdir)
             if not await asyncio.to_thread(path.is_dir):
@@ -145,6 +149,11 @@ class Workspaces:
             self._secrets = Secrets.of(self.settings)
         return await credentials.resolve(self.db, self._secrets, ref)
 
+    async def _refuse_own(self, repo_url: str, said: str) -> None:
+        """Checked again here, where git runs: this host's symlinks decide where it leads."""
+        if await asyncio.to_thread(is_own, repo_url, self.settings):
+            raise workspace_error(f"{said}: a mirror or workspace of Pilothouse's own")
+
     def _path(self, owner_id: str) -> Path:
         if not OWNER_ID.fullmatch(owner_id):
             raise workspace_error(f"{owner_id!r} cannot name a workspace directory")
@@ -160,6 +169,7 @@ class Workspaces:
         if await asyncio.to_thread((path / ".git").is_dir):
             return await _existing(path, c.branch)
         refuse_embedded_password(c.repo_url)
+        await self._refuse_own(c.repo_url, c.repo_url)
         token = await self._token(c.credential)
         aside = self._aside(c.owner_id)
         await asyncio.to_thread(aside.parent.mkdir, parents=True, exist_ok=True)

@@ -144,6 +144,30 @@ async def test_an_owner_id_that_is_not_one_directory_is_refused(
         assert error.type == "WorkspaceError"
 
 
+async def test_the_worker_refuses_its_own_mirrors_and_workspaces(
+    local: Workspaces, origin: Path, tmp_path: Path
+) -> None:
+    """Checked where git runs, whatever the API saw: a symlink made on the worker's host
+    leads into the mirrors, and the workspace is not made."""
+    await env.run(local.clone, clone_in(origin))  # a mirror of origin, and task-a's tree
+    mirrors, workspaces = local.settings.mirrors_dir, local.settings.workspaces_dir
+    mirror = next(p for p in mirrors.iterdir() if p.suffix == ".git")
+    link = tmp_path / "innocent.git"
+    link.symlink_to(mirror)
+    calls = [
+        env.run(local.clone, clone_in(link, owner="task-b")),
+        env.run(local.clone, clone_in(f"file://localhost{mirror}", owner="task-b")),
+        env.run(local.prepare, WorkspaceIn(resource_id="run-1", repository=str(link))),
+        env.run(
+            local.prepare, WorkspaceIn(resource_id="run-1", workdir=str(workspaces / "task-a"))
+        ),
+    ]
+    for call in calls:
+        error = await failure(call)
+        assert error.type == "WorkspaceError" and "of Pilothouse's own" in error.message
+    assert not (workspaces / "task-b").exists() and not (workspaces / "run-1").exists()
+
+
 async def test_a_password_in_the_url_is_refused_without_saying_it(local: Workspaces) -> None:
     error = await failure(
         env.run(local.clone, clone_in(f"https://me:{TOKEN}@example.invalid/o/r.git"))

@@ -61,6 +61,7 @@ def is_over(state: str) -> bool:
     responses={
         409: {"model": ErrorBody, "description": "A run with this run_id exists"},
         429: {"model": ErrorBody, "description": "More than 10 starts a minute"},
+        503: {"model": ErrorBody, "description": "Temporal is unreachable, or new work is paused"},
     },
 )
 async def start_run(

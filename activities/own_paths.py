@@ -1,0 +1,34 @@
+"""What a run or a task may never name as its repository or work tree: Pilothouse's own
+mirrors and workspaces, which hold what other tokens fetched and other agents work on.
+
+The API refuses such a path in the request (api/repositories.py); the worker refuses it
+again before git reads it (activities/workspaces.py), because the worker's filesystem, and
+its symlinks, decide where a path leads, and it may not be the API's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from settings import Settings
+
+
+def local_path(repo_url: str) -> str | None:
+    """The absolute path git reads for a local repository, or None for a remote one. As
+    git does, a file:// URL's host is ignored and its %-escapes are decoded."""
+    is_url = repo_url.lower().startswith("file://")
+    path = unquote(urlsplit(repo_url).path) if is_url else repo_url
+    return path if path.startswith("/") else None
+
+
+def is_own(repo_url: str, settings: Settings) -> bool:
+    """Whether `repo_url`, a path or a file:// URL, leads into the mirrors or workspaces."""
+    path = local_path(repo_url)
+    if path is None:
+        return False
+    resolved = Path(path).resolve()
+    return any(
+        resolved.is_relative_to(root.resolve())
+        for root in (settings.mirrors_dir, settings.workspaces_dir)
+    )
