@@ -71,26 +71,34 @@ async def test_a_decision_carried_twice_is_written_once(db: Database) -> None:
     assert kinds == ["gate_approved"]
 
 
-async def test_a_transition_writes_the_decisions_it_carries_first(db: Database) -> None:
-    job_id, gate_id = await open_gate(db)
+async def end_carrying(db: Database, job_id: str, state: str, decision: DecisionRecord) -> None:
+    """The job's final transition, carrying `decision`."""
     await Records(db).transition(
         Transition(
             resource_kind="job",
             resource_id=job_id,
-            state="completed",
-            event_type="job_completed",
+            state=state,
+            event_type=f"job_{state}",
             final=True,
-            decisions=[approval(job_id, gate_id)],
+            decisions=[decision],
         )
     )
+
+
+async def event_types(db: Database, resource_id: str) -> list[str]:
     async with db.session() as session:
-        events = list(
-            await session.exec(
-                select(Event).where(Event.resource_id == job_id).order_by(col(Event.id))
-            )
+        rows = await session.exec(
+            select(Event).where(Event.resource_id == resource_id).order_by(col(Event.id))
         )
+        return [e.type for e in rows]
+
+
+async def test_a_transition_writes_the_decisions_it_carries_first(db: Database) -> None:
+    job_id, gate_id = await open_gate(db)
+    await end_carrying(db, job_id, "completed", approval(job_id, gate_id))
+    async with db.session() as session:
         job = await session.get(Job, job_id)
-    assert [e.type for e in events] == ["gate_approved", "job_completed"]
+    assert await event_types(db, job_id) == ["gate_approved", "job_completed"]
     assert job is not None and job.state == "completed"
 
 
@@ -115,26 +123,11 @@ async def test_an_approval_short_of_its_quorum_then_the_end_closes_the_gate(
         gate.approvals_needed = 2
         await session.commit()
     first = approval(job_id, gate_id).model_copy(update={"gate_state": "open"})
-    await Records(db).transition(
-        Transition(
-            resource_kind="job",
-            resource_id=job_id,
-            state="canceled",
-            event_type="job_canceled",
-            final=True,
-            decisions=[first],
-        )
-    )
+    await end_carrying(db, job_id, "canceled", first)
     async with db.session() as session:
         gate = await session.get(GateRow, gate_id)
-        kinds = [
-            e.type
-            for e in await session.exec(
-                select(Event).where(Event.resource_id == job_id).order_by(col(Event.id))
-            )
-        ]
     assert gate is not None and gate.state == "canceled" and gate.approvals == ["alice"]
-    assert kinds == ["gate_approval_recorded", "job_canceled"]
+    assert await event_types(db, job_id) == ["gate_approval_recorded", "job_canceled"]
 
 
 async def test_a_step_start_writes_what_it_carries_in_few_statements(db: Database) -> None:
