@@ -9,17 +9,19 @@ its symlinks, decide where a path leads, and it may not be the API's.
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from settings import Settings
 
 
 def local_path(repo_url: str) -> str | None:
     """The absolute path git reads for a local repository, or None for a remote one. As
-    git does, a file:// URL's host is ignored and its %-escapes are decoded."""
-    is_url = repo_url.lower().startswith("file://")
-    path = unquote(urlsplit(repo_url).path) if is_url else repo_url
-    return path if path.startswith("/") else None
+    git does, a file:// URL's host is ignored and its %-escapes are decoded. Taken apart
+    by hand: urlsplit raises on a host such as `[x`, which the URL pattern lets through."""
+    if repo_url.lower().startswith("file://"):
+        _, slash, rest = repo_url[len("file://") :].partition("/")
+        return unquote(slash + rest) if slash else None
+    return repo_url if repo_url.startswith("/") else None
 
 
 def is_own(repo_url: str, settings: Settings) -> bool:

@@ -171,6 +171,12 @@ async def test_start_refuses_what_cannot_run(api: Api, admin: httpx.AsyncClient)
     assert answer.status_code == 422 and "run.repository" in answer.json()["detail"]
     too_many = run_body("bad-3", ["t1"], [phase(f"p{n}", "t1", n) for n in range(3)], max_phases=2)
     assert (await admin.post("/runs/start", json=too_many)).status_code == 422
+    async with api.db.session() as session:
+        assert list(await session.exec(select(Run))) == []
+
+
+async def test_a_run_may_not_name_pilothouses_own_paths(api: Api, admin: httpx.AsyncClient) -> None:
+    """A test of its own: each refused start counts against the 10 a minute."""
     # What another token fetched, or an agent works on, is not a run's to clone or build in.
     data = api.settings.data_dir
     for field, path in (
@@ -178,6 +184,7 @@ async def test_start_refuses_what_cannot_run(api: Api, admin: httpx.AsyncClient)
         # git ignores a file:// URL's host and decodes its %-escapes: so does the check.
         ("repository", f"file://localhost{data}/mirrors/x.git"),
         ("repository", f"file://{data}/%6Dirrors/x.git"),
+        ("repository", f"file://[x{data}/mirrors/x.git"),  # no IPv6 host: urlsplit raises
         ("repository", f"{data}/workspaces/task-1"),
         ("workdir", f"{data}/mirrors/x.git"),
         ("workdir", f"{data}/workspaces/../workspaces/task-1"),
