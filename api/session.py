@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 from fastapi import Request
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 
-async def request_session(request: Request) -> AsyncIterator[AsyncSession]:
-    async with request.app.state.db.session() as session:
-        yield session
+async def request_session(request: Request) -> AsyncSession:
+    """The session that the route (api/route.py `StrictRoute`) opened for this request and
+    closes once its handler has answered."""
+    session: AsyncSession = request.state.session
+    return session
