@@ -30,7 +30,6 @@ from typing import Any
 
 import httpx
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -40,6 +39,7 @@ from stack import DEV_SERVER_TUNING, temporal_binary
 from store import migrate
 from store.engine import Database
 from store.tokens import Scope, create_token
+from temporal_client import connect
 from tests.conftest import free_port
 from tests.sse_client import frames
 from workflows import attributes
@@ -389,9 +389,7 @@ async def main(
 ) -> None:
     async with processes(database_url, tuned=tuned) as (env, settings, token, api, worker):
         bench = Bench(env, settings, token)
-        client = await Client.connect(
-            settings.temporal_target, data_converter=pydantic_data_converter
-        )
+        client = await connect(settings)
         try:
             await wait_ready(bench.http)
             print(describe(database_url, tuned))

@@ -23,11 +23,11 @@ from typing import Any
 
 import httpx
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from bench.jobs import describe, pct, peak_kib, processes, ts, wait_ready
 from bench.raw import RawResult, RawSteps, run_true
+from temporal_client import connect
 
 TRUE = {"executor": "command", "run": ["true"]}
 # A step that declares a short timeout runs as a local activity (workflows/step_calls.py).
@@ -157,9 +157,7 @@ async def main(database_url: str | None, rounds: int, only: str, tuned: bool) ->
             headers={"Authorization": f"Bearer {token}"},
             timeout=60,
         )
-        client = await Client.connect(
-            settings.temporal_target, data_converter=pydantic_data_converter
-        )
+        client = await connect(settings)
         try:
             await wait_ready(http)
             print(describe(database_url, tuned))

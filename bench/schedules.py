@@ -30,12 +30,12 @@ from temporalio.client import (
     ScheduleIntervalSpec,
     ScheduleSpec,
 )
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from bench.jobs import pct, peak_kib, processes, wait_ready
 from bench.raw import RawOne, run_true
 from bench.tasks import agent_started
+from temporal_client import connect
 
 FAKE = Path(__file__).resolve().parent.parent / "tests" / "fake_claude.py"
 AGENT = (
@@ -105,9 +105,7 @@ async def main(database_url: str | None, rounds: int, every: int) -> None:
                 headers={"Authorization": f"Bearer {token}"},
                 timeout=60,
             )
-            client = await Client.connect(
-                settings.temporal_target, data_converter=pydantic_data_converter
-            )
+            client = await connect(settings)
             try:
                 await wait_ready(http)
                 print(f"database: {'PostgreSQL' if database_url else 'SQLite'}; every {every} s")

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import httpx
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from bench.jobs import pct, peak_kib, processes, wait_ready
 from bench.raw import RawResult, run_true
+from temporal_client import connect
 
 FAKE = Path(__file__).resolve().parent.parent / "tests" / "fake_claude.py"
 AGENT = (
@@ -100,9 +100,7 @@ async def main(database_url: str | None, rounds: int, files: int) -> None:
                 headers={"Authorization": f"Bearer {token}"},
                 timeout=60,
             )
-            client = await Client.connect(
-                settings.temporal_target, data_converter=pydantic_data_converter
-            )
+            client = await connect(settings)
             try:
                 await wait_ready(http)
                 print(f"database: {'PostgreSQL' if database_url else 'SQLite'}; {files} files")

@@ -26,11 +26,11 @@ from typing import Any
 
 import httpx
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from bench.jobs import Bench, pct, peak_kib, processes, ts, wait_ready
 from bench.raw import RawResult, run_true
+from temporal_client import connect
 from tests.fake_telegram import Call, FakeBotApi
 
 CHAT = -1001
@@ -107,9 +107,7 @@ async def main(database_url: str | None, rounds: int) -> None:
         async with processes(database_url, env) as (env_, settings, token, api, worker):
             bench = Bench(env_, settings, token)
             hook = httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.api_port}", timeout=60)
-            client = await Client.connect(
-                settings.temporal_target, data_converter=pydantic_data_converter
-            )
+            client = await connect(settings)
             try:
                 await wait_ready(bench.http)
                 print(
