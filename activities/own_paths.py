@@ -1,5 +1,6 @@
 """What a run or a task may never name as its repository or work tree: Pilothouse's own
-mirrors and workspaces, which hold what other tokens fetched and other agents work on.
+mirrors and workspaces, which hold what other tokens fetched and other agents work on;
+nor, as a run's work tree, a directory that holds Pilothouse's data directory.
 
 The API refuses such a path in the request (api/repositories.py); the worker refuses it
 again before git reads it (activities/workspaces.py), because the worker's filesystem, and
@@ -34,3 +35,10 @@ def is_own(repo_url: str, settings: Settings) -> bool:
         resolved.is_relative_to(root.resolve())
         for root in (settings.mirrors_dir, settings.workspaces_dir)
     )
+
+
+def holds_own(workdir: str, settings: Settings) -> bool:
+    """Whether a work tree at `workdir` holds the data directory (`make up` in a project,
+    then a run in that project): a builder's diff would stage the database and artifacts
+    being written, and count them as the builder's changes."""
+    return settings.data_dir.resolve().is_relative_to(Path(workdir).resolve())

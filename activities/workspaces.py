@@ -34,7 +34,7 @@ from activities.git import (
     workspace_error,
 )
 from activities.mirrors import clone_from_mirror
-from activities.own_paths import is_own
+from activities.own_paths import holds_own, is_own
 from settings import Settings
 from store import credentials
 from store.credentials import CredentialRef
@@ -120,6 +120,8 @@ class Workspaces:
             if named is not None:
                 await self._refuse_own(named, f"{name} {named}")
         if w.workdir:
+            if await asyncio.to_thread(holds_own, w.workdir, self.settings):
+                raise workspace_error(f"workdir {w.workdir}: holds Pilothouse's data directory")
             path = Path(w.workdir)
             if not await asyncio.to_thread(path.is_dir):
                 raise workspace_error(f"workdir {w.workdir} is not a directory")

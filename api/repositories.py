@@ -4,7 +4,7 @@ shape (`task_spec.RepoUrl`): never a mirror or a workspace of Pilothouse's own
 
 from __future__ import annotations
 
-from activities.own_paths import is_own
+from activities.own_paths import holds_own, is_own
 from api.errors import ApiError
 from settings import Settings
 
@@ -15,4 +15,23 @@ def check_repository(repo_url: str | None, settings: Settings, field: str = "rep
     if repo_url and is_own(repo_url, settings):
         raise ApiError(
             422, "REPOSITORY_NOT_ALLOWED", f"{field}: a mirror or workspace of Pilothouse's own"
+        )
+
+
+def check_workdir(workdir: str | None, settings: Settings) -> None:
+    """Refuse a run's `workdir` that is relative, is one of Pilothouse's own paths, or holds
+    the data directory. Checked here, not in RunSpec, which the workflow checks again: runs
+    that took a relative workdir before keep replaying as they ran."""
+    if workdir is None:
+        return
+    if not workdir.startswith("/"):
+        raise ApiError(
+            422, "VALIDATION_ERROR", "run.workdir: an absolute path on the worker's host"
+        )
+    check_repository(workdir, settings, "run.workdir")
+    if holds_own(workdir, settings):
+        raise ApiError(
+            422,
+            "REPOSITORY_NOT_ALLOWED",
+            "run.workdir: holds Pilothouse's data directory; set PILOTHOUSE_DATA_DIR outside it",
         )

@@ -188,6 +188,9 @@ async def test_a_run_may_not_name_pilothouses_own_paths(api: Api, admin: httpx.A
         ("repository", f"{data}/workspaces/task-1"),
         ("workdir", f"{data}/mirrors/x.git"),
         ("workdir", f"{data}/workspaces/../workspaces/task-1"),
+        # A tree that holds the data directory: a builder's diff would take in the database.
+        ("workdir", str(data.parent)),
+        ("workdir", "/"),
     ):
         ours = run_body("bad-5", ["t1"], [phase("p1", "t1")], **{field: path})
         answer = await admin.post("/runs/start", json=ours)

@@ -166,6 +166,14 @@ async def test_the_worker_refuses_its_own_mirrors_and_workspaces(
         error = await failure(call)
         assert error.type == "WorkspaceError" and "of Pilothouse's own" in error.message
     assert not (workspaces / "task-b").exists() and not (workspaces / "run-1").exists()
+    # A work tree around the data directory: a builder's diff would take in the database.
+    around = local.settings.data_dir.parent
+    run_git(around, "init", "--quiet")
+    error = await failure(
+        env.run(local.prepare, WorkspaceIn(resource_id="run-1", workdir=str(around)))
+    )
+    assert error.type == "WorkspaceError"
+    assert "holds Pilothouse's data directory" in error.message
 
 
 async def test_a_password_in_the_url_is_refused_without_saying_it(local: Workspaces) -> None:

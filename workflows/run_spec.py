@@ -92,7 +92,9 @@ class RunCreate(Strict):
         DEFAULT_MAX_MINUTES, ge=1, le=int(LIMITS.max_duration_s // 60)
     )
     workdir: PathText | None = Field(
-        None, description="A git work tree to build in, as an absolute path on the worker's host"
+        None,
+        description="A git work tree to build in, as an absolute path on the worker's host;"
+        " not one that holds Pilothouse's data directory",
     )
     repository: PathText | None = Field(
         None,

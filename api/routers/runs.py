@@ -14,7 +14,7 @@ from api import cancels, decisions
 from api.deps import IdempotencyKeyDep, SessionDep, TemporalDep
 from api.errors import ApiError, ErrorBody
 from api.ratelimit import RateLimit
-from api.repositories import check_repository
+from api.repositories import check_repository, check_workdir
 from api.route import strict_router
 from api.run_models import PathId, RunResponse, Writer, load_phase, load_run, run_response
 from api.starts import Caller, create_and_start, starter
@@ -73,15 +73,9 @@ async def start_run(
     """Starts `RunWorkflow`: tiers in order, each phase built, audited, maybe gated."""
     principal = caller.principal
     spec = body.run
-    # Checked here, not in RunSpec, which the workflow checks again: runs that took a
-    # relative workdir before keep replaying as they ran.
-    if spec.workdir is not None and not spec.workdir.startswith("/"):
-        raise ApiError(
-            422, "VALIDATION_ERROR", "run.workdir: an absolute path on the worker's host"
-        )
     # As for tasks: what another token fetched is not handed over by naming its path.
     check_repository(spec.repository, caller.settings, "run.repository")
-    check_repository(spec.workdir, caller.settings, "run.workdir")
+    check_workdir(spec.workdir, caller.settings)
     assert spec.token_cap and spec.max_phases and spec.max_duration_minutes
     now = utcnow()
     run = await create_and_start(
