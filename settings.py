@@ -6,7 +6,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -68,11 +68,6 @@ class Settings(BaseSettings):
         None, description="host:port of Temporal; default is the embedded dev server"
     )
     temporal_namespace: str = "default"
-    temporal_compression: Literal["none", "gzip"] = Field(
-        "none",
-        description="gRPC compression to Temporal: gzip for a server across a slow link"
-        " (Temporal Cloud); none spares the CPU of a server on the same network",
-    )
     temporal_port: int = Field(7233, ge=1, le=65535)
     ui_port: int = Field(8233, ge=1, le=65535)
     task_queue: str = "pilothouse"

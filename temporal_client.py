@@ -7,11 +7,8 @@ import time
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.service import GrpcCompression
 
 from settings import Settings
-
-COMPRESSION = {"none": GrpcCompression.NONE, "gzip": GrpcCompression.GZIP}
 
 
 async def connect(settings: Settings) -> Client:
@@ -19,9 +16,6 @@ async def connect(settings: Settings) -> Client:
         settings.temporal_target,
         namespace=settings.temporal_namespace,
         data_converter=pydantic_data_converter,
-        # The SDK gzips every request by default: setting up the compressor for each one
-        # cost the API a seventh of a create's instructions, for a server on loopback.
-        grpc_compression=COMPRESSION[settings.temporal_compression],
     )
 
 

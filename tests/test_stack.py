@@ -16,14 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import pytest
-from pydantic import ValidationError
-from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from settings import Settings
 from stack import port_taken
-from temporal_client import COMPRESSION, connect
 from tests.conftest import free_port
 
 
@@ -142,23 +137,3 @@ async def test_a_taken_port_is_one_clear_line(tmp_path: Path) -> None:
     assert f"port {ports['temporal']}" in up.output and "Temporal" in up.output
     assert "Traceback" not in up.output
     assert len([line for line in up.lines if line.strip()]) == 1
-
-
-async def test_the_api_and_the_worker_reach_temporal_with_either_compression(
-    temporal_target: str, tmp_path: Path
-) -> None:
-    """Off by default, for a server on the same network; gzip for one across a slow link."""
-    assert Settings(_env_file=None).temporal_compression == "none"
-    for compression in ("none", "gzip"):
-        settings = Settings(
-            data_dir=tmp_path,
-            temporal_address=temporal_target,
-            temporal_compression=compression,
-            _env_file=None,
-        )
-        client = await connect(settings)
-        assert client.service_client.config.grpc_compression == COMPRESSION[compression]
-        info = await client.workflow_service.get_system_info(GetSystemInfoRequest())
-        assert info.server_version
-    with pytest.raises(ValidationError, match="temporal_compression"):
-        Settings(temporal_compression="zstd", _env_file=None)
