@@ -56,8 +56,9 @@ class StrictRoute(APIRoute):
             if not with_session:
                 return await handle(request)
             # The request's session opens and closes here rather than as a dependency
-            # with `yield`: FastAPI runs those in an exit stack of shielded context
-            # managers, which cost a create more than its INSERTs did.
+            # with `yield`, which FastAPI runs in an exit stack of shielded context
+            # managers: 2.8% of a create's instructions. It closes once the handler has
+            # answered: a streamed body (SSE) reads with sessions of its own.
             async with request.app.state.db.session() as session:
                 request.state.session = session
                 return await handle(request)
