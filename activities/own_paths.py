@@ -9,6 +9,7 @@ its symlinks, decide where a path leads, and it may not be the API's.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -30,9 +31,9 @@ def is_own(repo_url: str, settings: Settings) -> bool:
     path = local_path(repo_url)
     if path is None:
         return False
-    resolved = Path(path).resolve()
+    resolved = _real(path)
     return any(
-        resolved.is_relative_to(root.resolve())
+        resolved.is_relative_to(_real(root))
         for root in (settings.mirrors_dir, settings.workspaces_dir)
     )
 
@@ -41,4 +42,10 @@ def holds_own(workdir: str, settings: Settings) -> bool:
     """Whether a work tree at `workdir` holds the data directory (`make up` in a project,
     then a run in that project): a builder's diff would stage the database and artifacts
     being written, and count them as the builder's changes."""
-    return settings.data_dir.resolve().is_relative_to(Path(workdir).resolve())
+    return _real(settings.data_dir).is_relative_to(_real(workdir))
+
+
+def _real(path: str | Path) -> Path:
+    # Not Path.resolve(), which raises on a symlink loop in Python 3.11 (a 500 for a
+    # path in a request); realpath leaves the loop as it is, and git then fails on it.
+    return Path(os.path.realpath(path))

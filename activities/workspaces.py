@@ -120,12 +120,15 @@ class Workspaces:
             if named is not None:
                 await self._refuse_own(named, f"{name} {named}")
         if w.workdir:
-            if await asyncio.to_thread(holds_own, w.workdir, self.settings):
-                raise workspace_error(f"workdir {w.workdir}: holds Pilothouse's data directory")
             path = Path(w.workdir)
             if not await asyncio.to_thread(path.is_dir):
                 raise workspace_error(f"workdir {w.workdir} is not a directory")
-            await git(path, "rev-parse", "--is-inside-work-tree")
+            # A builder's diff covers the whole work tree, not only the directory named.
+            top = (await git(path, "rev-parse", "--show-toplevel")).strip()
+            if await asyncio.to_thread(holds_own, top, self.settings):
+                raise workspace_error(
+                    f"workdir {w.workdir}: its work tree holds Pilothouse's data directory"
+                )
             return Workspace(path=str(path))
         path = self.settings.workspaces_dir / w.resource_id
         if await asyncio.to_thread((path / ".git").is_dir):

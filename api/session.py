@@ -9,5 +9,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 async def request_session(request: Request) -> AsyncSession:
     """The session that the route (api/route.py `StrictRoute`) opened for this request and
     closes once its handler has answered."""
-    session: AsyncSession = request.state.session
+    session: AsyncSession | None = getattr(request.state, "session", None)
+    if session is None:
+        raise RuntimeError(f"{request.url.path}: its route is no StrictRoute, so no session")
     return session

@@ -12,6 +12,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.mirrors import mirror_path
+from activities.own_paths import is_own
 from activities.work_trees import apply_patch, checkout, summary
 from activities.workspaces import (
     CloneIn,
@@ -166,14 +167,25 @@ async def test_the_worker_refuses_its_own_mirrors_and_workspaces(
         error = await failure(call)
         assert error.type == "WorkspaceError" and "of Pilothouse's own" in error.message
     assert not (workspaces / "task-b").exists() and not (workspaces / "run-1").exists()
-    # A work tree around the data directory: a builder's diff would take in the database.
+    # A work tree around the data directory: a builder's diff would take in the database,
+    # whichever of its directories the run names.
     around = local.settings.data_dir.parent
     run_git(around, "init", "--quiet")
+    (around / "src").mkdir()
+    for workdir in (around, around / "src"):
+        error = await failure(
+            env.run(local.prepare, WorkspaceIn(resource_id="run-1", workdir=str(workdir)))
+        )
+        assert error.type == "WorkspaceError"
+        assert "holds Pilothouse's data directory" in error.message
+    # A symlink loop is no directory, said as such, where Path.resolve() raised.
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    assert not is_own(str(loop), local.settings)
     error = await failure(
-        env.run(local.prepare, WorkspaceIn(resource_id="run-1", workdir=str(around)))
+        env.run(local.prepare, WorkspaceIn(resource_id="run-1", workdir=str(loop)))
     )
-    assert error.type == "WorkspaceError"
-    assert "holds Pilothouse's data directory" in error.message
+    assert error.type == "WorkspaceError" and "is not a directory" in error.message
 
 
 async def test_a_password_in_the_url_is_refused_without_saying_it(local: Workspaces) -> None:
