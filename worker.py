@@ -82,6 +82,10 @@ def build_worker(client: Client, db: Database, settings: Settings) -> Worker:
         workflows=list(WORKFLOWS),
         activities=activities(db, settings),
         graceful_shutdown_timeout=timedelta(seconds=10),
+        # A cancel reaches an activity in the answer to its heartbeat. One without a
+        # heartbeat timeout (a clone, a push) would send one only every 30 s, the SDK's
+        # default, and go on that long after its run was canceled.
+        default_heartbeat_throttle_interval=timedelta(seconds=2),
     )
 
 

@@ -518,21 +518,26 @@ async def test_cancel_stops_a_run_and_closes_its_gates(api: Api, admin: httpx.As
 
 
 @contextlib.contextmanager
-def silent_server() -> Iterator[tuple[str, threading.Event]]:
-    """An HTTP address that takes one connection and never answers: a clone from it hangs."""
+def silent_server() -> Iterator[tuple[str, threading.Event, threading.Event]]:
+    """An HTTP address that takes one connection and never answers: a clone from it hangs.
+    Its events: the client connected; the client hung up (the clone was stopped)."""
     listener = socket.create_server(("127.0.0.1", 0))
-    connected = threading.Event()
+    connected, hung_up = threading.Event(), threading.Event()
     held: list[socket.socket] = []
 
     def accept() -> None:
         with contextlib.suppress(OSError):
-            held.append(listener.accept()[0])
+            conn = listener.accept()[0]
+            held.append(conn)
             connected.set()
+            while conn.recv(4096):
+                pass
+        hung_up.set()
 
     waiter = threading.Thread(target=accept, daemon=True)
     waiter.start()
     try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}/slow.git", connected
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/slow.git", connected, hung_up
     finally:
         # Wakes an accept() still waiting: close() alone would not.
         with contextlib.suppress(OSError):
@@ -546,14 +551,20 @@ def silent_server() -> Iterator[tuple[str, threading.Event]]:
 async def test_a_run_canceled_while_it_clones_ends_canceled(
     api: Api, admin: httpx.AsyncClient
 ) -> None:
-    with silent_server() as (url, connected):
+    with silent_server() as (url, connected, hung_up):
         body = run_body("cancel-clone", ["t1"], [phase("p1", "t1", builder=cmd("true"))])
         body["run"]["repository"] = url
         run_id = await start(admin, body)
         assert await asyncio.to_thread(connected.wait, 30), "the clone never began"
+        # Past the clone's first heartbeat, which the SDK sends at once; it holds back the
+        # later ones of an activity without a heartbeat timeout.
+        await asyncio.sleep(3)
         answer = await admin.post(f"/runs/{run_id}/cancel")
         assert answer.status_code == 200, answer.text
         run = await wait_run(api.db, run_id, "DONE_CANCELED", "DONE_FAILED_ENVIRONMENT")
+        # The cancel reaches the clone itself within seconds (its next heartbeat), not
+        # after the SDK's default 30 s between heartbeats of an activity without a timeout.
+        assert await asyncio.to_thread(hung_up.wait, 8), "the clone went on after the cancel"
     assert run.state == "DONE_CANCELED", run.error
     assert "run_done_canceled" in [e.type for e in await events_of(api, run_id)]
 
