@@ -1,6 +1,6 @@
 """What a task or a run may name as its repository, or a run as its work tree, beyond its
-shape (`task_spec.RepoUrl`): never a mirror or a workspace of Pilothouse's own
-(activities/own_paths.py)."""
+shape (`task_spec.RepoUrl`): never a mirror or a workspace of Pilothouse's own, nor a work
+tree that holds its data directory (activities/own_paths.py)."""
 
 from __future__ import annotations
 
