@@ -9,6 +9,7 @@ before it (`Link`).
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from activities import step_runs
 from activities.records import CarriesDecisions, write_carried
 from activities.step_logs import describe_log
 from activities.work_trees import Diff
+from settings import LIMITS
 from store import resources
 from store.engine import Database
 from store.models import Artifact, StepRun
@@ -77,8 +79,14 @@ class Link:
 
     step: StepInput
     part: int
+    # The tokens the series may still spend (`step_series`): a step reporting more ends it.
+    room: int | None = None
     started: bool = False
     earlier: StepRun | None = None  # what `started` would have answered
+
+    def admits(self, before: StepResult) -> bool:
+        """Whether the step before leaves the next one to run, by its reported tokens."""
+        return self.room is None or reported_tokens(before.tail) <= self.room
 
 
 class StepRecords:
@@ -160,7 +168,7 @@ class StepRecords:
                     ran.outcome,
                     result.model_dump(mode="json"),
                 )
-            if then is not None and ran.outcome == "succeeded":
+            if then is not None and ran.outcome == "succeeded" and then.admits(result):
                 key = step_runs.key(then.part, then.step.stage)
                 then.earlier = await self._write_start(
                     writes, then.step, ran.attempt, then.step.argv, key
@@ -186,6 +194,34 @@ class StepRecords:
             key = step_runs.key(link.part, stage)
             if key is not None:
                 await step_runs.end(writes.session, key, attempt, "canceled", {})
+
+
+def last_json(tail: list[str]) -> dict[str, Any]:
+    """The JSON object on a command's last printed line, if there is one: how a builder,
+    an auditor or an agent step reports (`tokens_used`, `recommendation`, …)."""
+    for line in reversed(tail):
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("{"):
+            try:
+                value = json.loads(text)
+            except ValueError:
+                return {}
+            return value if isinstance(value, dict) else {}
+        return {}
+    return {}
+
+
+def reported_tokens(tail: list[str]) -> int:
+    """The `tokens_used` a command reported on its last line; 0 when none, or not a count."""
+    value = last_json(tail).get("tokens_used")
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return 0
+    try:
+        return min(max(0, int(value)), LIMITS.max_int)
+    except (ValueError, OverflowError):
+        return 0
 
 
 async def finished(work: Coroutine[Any, Any, T]) -> T:

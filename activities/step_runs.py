@@ -2,8 +2,10 @@
 
 A local activity's result reaches Temporal's history only when its workflow task completes.
 After a worker is lost mid-task, the replay runs the task's local activities again: the
-step executor finds the attempts that finished here and answers with their results. Steps
-that run as ordinary activities need none of this; Temporal records their ends.
+step executor finds the attempts that finished here and answers with their results. A
+series of steps in one ordinary activity (a run's builder and auditor) is kept the same
+way, for its retry after a lost worker. A lone step in an ordinary activity needs none of
+this; Temporal records its end.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ def key(part: int | None = None, stage: str = "") -> str | None:
     """The running local activity, named for good (a replay gives it the same sequence
     number in the same workflow run); in a series that the activity runs, the step's
     `part` (its place) and `stage` too, so that a step is never answered with another's
-    end. None for an ordinary activity."""
+    end. None for a lone step in an ordinary activity, whose end Temporal records; a
+    series in one is named too (its id stays across attempts), as a retry after a lost
+    worker must not run the steps that finished before it again."""
     info = activity.info()
-    if not info.is_local:
+    if not info.is_local and part is None:
         return None
     name = f"{info.workflow_run_id}/{info.activity_id}"
     return name if part is None else f"{name}/{part}/{stage}"

@@ -9,30 +9,46 @@ short), never the clock, so that a replay's series cover the same steps as the f
 The next step's start is written in the transaction that records the end of the one before
 (`steps.Link`): one commit a step. A failing step ends the series; the steps after it do
 not run.
+
+A run's builder and auditor run as a series too, in an ordinary activity when they are not
+short: the auditor learns what the builder changed (`files_changed_env`), and a builder
+that reports more tokens than the run has left ends the series before the auditor, so the
+budget gate comes first, as it does when they run apart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 
 from pydantic import BaseModel, Field
 from temporalio import activity
 
 from activities.records import CarriesDecisions
-from activities.step_records import Link, StepInput, finished
+from activities.step_records import Link, StepInput, StepResult, finished, reported_tokens
 from activities.steps import Steps
 
 
 class SeriesInput(CarriesDecisions):
     steps: list[StepInput] = Field(min_length=1)
+    with_results: bool = Field(False, description="Answer with each step's result")
+    files_changed_env: str | None = Field(
+        None,
+        description="The variable that tells each step, as a JSON list, the files the last "
+        "step with `diff` changed (unless the step's own env sets it)",
+    )
+    token_room: int | None = Field(
+        None, ge=0, description="The series ends once its steps report more tokens than this"
+    )
 
 
 class SeriesResult(BaseModel):
-    """Small on purpose: it is one marker in the workflow's history. Each step's tail and
-    log are in the event log and the artifacts."""
+    """Small on purpose: it is one marker or event in the workflow's history. Each step's
+    tail and log are in the event log and the artifacts; `results` only when asked."""
 
     ran: int = Field(description="How many steps ran, the failing one included")
     error: str | None = Field(None, description="Why the last one failed, if it did")
+    results: list[StepResult] = Field(default_factory=list)
 
 
 class StepSeries:
@@ -45,9 +61,16 @@ class StepSeries:
         # What the workflow carried is written with the first step's start.
         first.decisions, first.facts = series.decisions, series.facts
         begun: Link | None = None
+        results: list[StepResult] = []
+        changed: list[str] | None = None
+        spent = 0
         for part, step in enumerate(series.steps):
+            name = series.files_changed_env
+            if name is not None and changed is not None:
+                step = step.model_copy(update={"env": {name: json.dumps(changed)} | step.env})
             following = series.steps[part + 1 : part + 2]
-            then = Link(following[0], part + 1) if following else None
+            room = None if series.token_room is None else series.token_room - spent
+            then = Link(following[0], part + 1, room) if following else None
             try:
                 done = await self.steps.execute(step, part=part, begun=begun, then=then)
             except asyncio.CancelledError:
@@ -55,10 +78,17 @@ class StepSeries:
                     # The cancel came between this step's record and the next one's run.
                     await finished(self.steps.records.abandon(then))
                 raise
+            if series.with_results:
+                results.append(done.result)
             error = done.error(step)
             if error is not None:
-                return SeriesResult(ran=part + 1, error=error.message)
+                return SeriesResult(ran=part + 1, error=error.message, results=results)
+            if step.diff:
+                changed = done.result.diff.files_changed if done.result.diff else []
+            if then is not None and not then.admits(done.result):
+                return SeriesResult(ran=part + 1, results=results)
+            spent += reported_tokens(done.result.tail)
             # Started already by this one's record, unless this one was answered from an
             # earlier run (a replay): then the next starts on its own.
             begun = then
-        return SeriesResult(ran=len(series.steps))
+        return SeriesResult(ran=len(series.steps), results=results)

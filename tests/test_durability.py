@@ -227,6 +227,57 @@ async def test_a_decision_after_a_server_restart_applies(
         worker.stop()
 
 
+@pytest.mark.parametrize("step_timeout", [10, None], ids=["short-local", "open-ended"])
+async def test_a_worker_killed_mid_audit_builds_no_phase_again(
+    own_stack: tuple[DevServer, Settings], tmp_path: Path, step_timeout: float | None
+) -> None:
+    """A phase's builder and auditor commands run in one activity (`step_series`): a worker
+    lost while the auditor runs must not run the builder, which finished, again."""
+    server, settings = own_stack
+    await server.start()
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    extra: dict[str, Any] = {} if step_timeout is None else {"timeout_seconds": step_timeout}
+
+    def counted(role: str, then: str = "true") -> dict[str, Any]:
+        return cmd(f'echo ran >> {counts}/"$PILOTHOUSE_PHASE_ID".{role}; {then}') | extra
+
+    phases = [
+        phase("p1", "t1", 0, builder=counted("builder"), auditor=counted("auditor")),
+        phase(
+            "p2",
+            "t1",
+            1,
+            builder=counted("builder", "echo two > two.txt"),
+            auditor=counted("auditor", "sleep 3; test -f two.txt"),
+        ),
+    ]
+    worker = WorkerProcess(settings)
+    worker.start()
+    try:
+        async with admin_client(settings) as admin:
+            await start(admin, run_body("durable-audit", ["t1"], phases))
+            await wait_lines(counts / "p2.auditor", 1)
+            worker.kill()
+            worker.start()
+            db = Database(settings.db_url)
+            try:
+                run = await wait_run(db, "durable-audit", "DONE_SUCCESS", seconds=90)
+            finally:
+                await db.dispose()
+            assert run.state == "DONE_SUCCESS", run.error
+            runs = {f.name: len(f.read_text().splitlines()) for f in counts.iterdir()}
+            # Only the auditor that was running when the worker died may run twice.
+            assert {k: v for k, v in runs.items() if k != "p2.auditor"} == {
+                "p1.builder": 1,
+                "p1.auditor": 1,
+                "p2.builder": 1,
+            }
+            assert runs["p2.auditor"] in (1, 2)
+    finally:
+        worker.stop()
+
+
 async def test_a_worker_killed_mid_phase_finishes_the_run(
     own_stack: tuple[DevServer, Settings], tmp_path: Path
 ) -> None:

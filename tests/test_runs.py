@@ -145,8 +145,10 @@ async def test_a_two_tier_run_builds_audits_and_succeeds(
         for e in history.events
         if e.HasField("activity_task_scheduled_event_attributes")
     ]
-    # A workspace with nothing to clone is prepared locally, with no trip through the queues.
-    assert "workspaces.prepare" not in scheduled and "steps.run" in scheduled
+    # A workspace with nothing to clone is prepared locally, with no trip through the
+    # queues; a phase's builder and auditor commands run in one activity.
+    assert "workspaces.prepare" not in scheduled and "steps.run" not in scheduled
+    assert scheduled.count("steps.run_series") == 2
     progress = (await admin.get("/runs/build-1/progress")).json()
     assert (progress["state"], progress["tokens_used"], progress["phases_completed"]) == (
         "DONE_SUCCESS",
@@ -471,19 +473,29 @@ async def test_escalate_and_risky_patches_wait_for_a_human(
 
 
 @pytest.mark.parametrize("outcome", ["approve", "reject"])
-async def test_the_budget_gate(api: Api, admin: httpx.AsyncClient, outcome: str) -> None:
+async def test_the_budget_gate(
+    api: Api, admin: httpx.AsyncClient, outcome: str, tmp_path: Path
+) -> None:
     spend = cmd("echo '{\"tokens_used\": 100}'")
+    audits = tmp_path / "audits"
+    # The builder and the auditor run in one activity; an auditor must still wait for the
+    # budget gate that its builder's tokens opened.
+    audit = cmd(f'echo "$PILOTHOUSE_PHASE_ID" >> {audits}')
     run_id = await start(
         admin,
         run_body(
             f"budget-{outcome}",
             ["t1"],
-            [phase("p1", "t1", 0, builder=spend), phase("p2", "t1", 1, builder=spend)],
+            [
+                phase("p1", "t1", 0, builder=spend, auditor=audit),
+                phase("p2", "t1", 1, builder=spend, auditor=audit),
+            ],
             token_cap=50,
         ),
     )
     gate = await open_gate(api, run_id)
     assert gate.stage == "budget_exceeded" and "token_cap" in gate.config["why"]
+    assert not audits.exists(), "the auditor ran past the budget"
     decision: dict[str, Any] = {"outcome": outcome}
     if outcome == "reject":
         decision["reason"] = "too expensive"
@@ -493,8 +505,10 @@ async def test_the_budget_gate(api: Api, admin: httpx.AsyncClient, outcome: str)
     if outcome == "approve":
         run = await wait_run(api.db, run_id, "DONE_SUCCESS")
         assert run.tokens_used == 200
+        assert audits.read_text().split() == ["p1", "p2"]
     else:
         await wait_run(api.db, run_id, "DONE_FAILED_BUDGET_EXHAUSTED")
+        assert not audits.exists()
 
 
 async def test_cancel_stops_a_run_and_closes_its_gates(api: Api, admin: httpx.AsyncClient) -> None:
@@ -515,6 +529,29 @@ async def test_cancel_stops_a_run_and_closes_its_gates(api: Api, admin: httpx.As
     assert closed is not None and closed.state == "canceled"
     again = await admin.post(f"/runs/{run_id}/cancel")
     assert again.status_code == 409
+
+
+async def test_cancel_stops_an_auditor_that_runs_with_its_builder(
+    api: Api, admin: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    mark = tmp_path / "auditing"
+    body = run_body(
+        "cancel-audit",
+        ["t1"],
+        [phase("p1", "t1", builder=cmd("true"), auditor=cmd(f"touch {mark}; sleep 60"))],
+    )
+    run_id = await start(admin, body)
+    deadline = time.monotonic() + 30
+    while not mark.exists():
+        assert time.monotonic() < deadline, "the auditor never started"
+        await asyncio.sleep(0.05)
+    canceled = time.monotonic()
+    assert (await admin.post(f"/runs/{run_id}/cancel")).status_code == 200
+    await wait_run(api.db, run_id, "DONE_CANCELED", seconds=20)
+    # The heartbeat carries the cancel to the step: well before the auditor's own 60 s.
+    assert time.monotonic() - canceled < 15
+    ends = {(e.stage, e.status) for e in await events_of(api, run_id) if e.type == "step_finished"}
+    assert ends == {("p1.builder", "succeeded"), ("p1.auditor", "canceled")}
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 with workflow.unsafe.imports_passed_through():
     from activities.records import CarriesDecisions, Transition
     from activities.step_records import StepInput
+    from activities.step_series import SeriesInput
     from strict import explain
     from workflows.gate import Gated, cause
     from workflows.job_spec import (
@@ -36,6 +37,8 @@ with workflow.unsafe.imports_passed_through():
 FAILED_WORKFLOWS = "failed-jobs-fail-their-workflow"
 # Room a step's activity leaves after its command's timeout, for the kill and the record.
 MARGIN_S = 30
+# How long a stage without a timeout may run.
+OPEN_ENDED_S = 7 * 24 * 3600
 
 
 @workflow.defn(name="JobWorkflow")
@@ -155,7 +158,7 @@ class JobWorkflow(Gated):
                     self,
                     steps[0],
                     heartbeat_timeout_s=job.heartbeat_timeout_seconds,
-                    open_ended_s=7 * 24 * 3600,
+                    open_ended_s=OPEN_ENDED_S,
                     margin_s=MARGIN_S,
                 )
             except ActivityError as err:
@@ -168,7 +171,13 @@ class JobWorkflow(Gated):
         self._series = f"{first} … {stages[count - 1].name}"
         self._set_state("running", None, shown=self._series)
         try:
-            series = await run_series(self, steps[:count], margin_s=MARGIN_S)
+            series = await run_series(
+                self,
+                SeriesInput(steps=steps[:count]),
+                heartbeat_timeout_s=job.heartbeat_timeout_seconds,
+                open_ended_s=OPEN_ENDED_S,
+                margin_s=MARGIN_S,
+            )
         except ActivityError as err:
             if is_cancelled_exception(err):
                 raise

@@ -17,7 +17,8 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 
 with workflow.unsafe.imports_passed_through():
     from activities.records import IssueFact, Transition
-    from activities.step_records import StepInput, StepResult
+    from activities.step_records import StepInput, StepResult, last_json, reported_tokens
+    from activities.step_series import SeriesInput
     from workflows.gate import Gated, cause, refuse
     from workflows.run_results import (
         AuditorResult,
@@ -27,9 +28,15 @@ with workflow.unsafe.imports_passed_through():
         PhaseState,
     )
     from workflows.run_spec import CommandExecutor, PhaseSpec
-    from workflows.step_calls import run_step
+    from workflows.step_calls import run_series, run_step
 
 DONE = ("COMPLETE", "FAILED", "SKIPPED")
+# Histories from before a phase's builder and auditor commands ran as one series replay
+# with a step each.
+PHASE_SERIES = "phase-builder-and-auditor-in-one-series"
+FILES_CHANGED = "PILOTHOUSE_FILES_CHANGED"
+OPEN_ENDED_S = 24 * 3600
+MARGIN_S = 60
 
 
 class RunInput(BaseModel):
@@ -61,6 +68,8 @@ class Phase:
     auditor: AuditorResult | None = None
     openings: int = 0
     tokens: int = 0
+    # The auditor command's step, when it ran in one series with the builder's.
+    audited: StepResult | None = None
 
 
 class PhaseWork(Gated):
@@ -73,6 +82,7 @@ class PhaseWork(Gated):
         self.run_id = run_id
         self.phases: dict[str, Phase] = {}
         self.tokens = 0
+        self.cap = 0
         self.workdir = ""
         self._ending = False  # set as the run's end is recorded: executors' calls refused
         self._ended = False
@@ -94,7 +104,7 @@ class PhaseWork(Gated):
                 ),
                 "PILOTHOUSE_AUDITOR_ISSUES": json.dumps(issues),
             }
-            step = await self._step(
+            builder = self._step_input(
                 run,
                 spec,
                 "builder",
@@ -103,19 +113,30 @@ class PhaseWork(Gated):
                 diff=True,
                 parts={part: {"state": "EXECUTING", "builder_attempts": attempt}},
             )
+            if isinstance(spec.auditor, CommandExecutor) and workflow.patched(PHASE_SERIES):
+                auditor = self._step_input(
+                    run,
+                    spec,
+                    "auditor",
+                    spec.auditor,
+                    self._auditor_env(spec, attempt),
+                    parts={part: {"auditor_attempts": attempt}},
+                )
+                step = await self._series(run, phase, builder, auditor)
+            else:
+                step = await self._step(run, builder)
             if isinstance(step, str):
                 return step
             if step.exit_code != 0:
                 last = next((line for line in reversed(step.tail) if line.strip()), "")
                 return f"the builder exited with status {step.exit_code}: {last}".rstrip(": ")
-            report = last_json(step.tail)
             diff = step.diff.model_dump() if step.diff else {}
             built = {
                 "files_changed": diff.get("files_changed", []),
                 "lines_added": diff.get("lines_added", 0),
                 "lines_removed": diff.get("lines_removed", 0),
                 "patch_path": diff.get("patch_path"),
-                "tokens_used": int(report.get("tokens_used", 0) or 0),
+                "tokens_used": reported_tokens(step.tail),
             }
         else:
             # Taken from now on: a result posted as soon as the event below is read must
@@ -170,15 +191,16 @@ class PhaseWork(Gated):
         if auditor is None:
             return Audit()
         if isinstance(auditor, CommandExecutor):
-            env = {
-                "PILOTHOUSE_RUN_ID": self.run_id,
-                "PILOTHOUSE_PHASE_ID": spec.phase_id,
-                "PILOTHOUSE_ATTEMPT": str(attempt),
-                "PILOTHOUSE_FILES_CHANGED": json.dumps(built["files_changed"]),
-            }
-            step = await self._step(
-                run, spec, "auditor", auditor, env, parts={part: {"auditor_attempts": attempt}}
-            )
+            step: StepResult | str | None = phase.audited
+            phase.audited = None
+            if step is None:
+                env = self._auditor_env(spec, attempt) | {
+                    FILES_CHANGED: json.dumps(built["files_changed"])
+                }
+                parts = {part: {"auditor_attempts": attempt}}
+                step = await self._step(
+                    run, self._step_input(run, spec, "auditor", auditor, env, parts=parts)
+                )
             passed = isinstance(step, StepResult) and step.exit_code == 0
             tail = step.tail if isinstance(step, StepResult) else [step]
             report = last_json(tail)
@@ -192,7 +214,7 @@ class PhaseWork(Gated):
                 recommendation=recommendation,
                 notes=str(report.get("review_notes", "") or ("\n".join(tail[-5:]))),
                 issues=list(report.get("issues_found", []) or []),
-                tokens=int(report.get("tokens_used", 0) or 0),
+                tokens=reported_tokens(tail),
             )
         else:
             self._expect(phase, "auditor")
@@ -239,7 +261,7 @@ class PhaseWork(Gated):
         )
         return audit
 
-    async def _step(
+    def _step_input(
         self,
         run: RunInput,
         spec: PhaseSpec,
@@ -249,28 +271,31 @@ class PhaseWork(Gated):
         *,
         parts: dict[str, dict[str, Any]],
         diff: bool = False,
-    ) -> StepResult | str:
+    ) -> StepInput:
+        return StepInput(
+            resource_kind=self.kind,
+            resource_id=self.run_id,
+            stage=f"{spec.phase_id}.{role}",
+            argv=executor.run,
+            cwd=self.workdir,
+            env=env | executor.env,
+            timeout_seconds=executor.timeout_seconds,
+            kill_grace_seconds=run.kill_grace_seconds,
+            diff=diff,
+            resource_state="PHASE_EXECUTION",
+            parts=parts,
+        )
+
+    async def _step(self, run: RunInput, step: StepInput) -> StepResult | str:
         """Run a builder's or auditor's command: its result, also when the command failed
         (a non-zero `exit_code`; the failure carries the result), or why it did not run."""
         try:
-            result = await run_step(
+            result: StepResult = await run_step(
                 self,
-                StepInput(
-                    resource_kind=self.kind,
-                    resource_id=self.run_id,
-                    stage=f"{spec.phase_id}.{role}",
-                    argv=executor.run,
-                    cwd=self.workdir,
-                    env=env | executor.env,
-                    timeout_seconds=executor.timeout_seconds,
-                    kill_grace_seconds=run.kill_grace_seconds,
-                    diff=diff,
-                    resource_state="PHASE_EXECUTION",
-                    parts=parts,
-                ),
+                step,
                 heartbeat_timeout_s=run.heartbeat_timeout_seconds,
-                open_ended_s=24 * 3600,
-                margin_s=60,
+                open_ended_s=OPEN_ENDED_S,
+                margin_s=MARGIN_S,
             )
         except ActivityError as err:
             if is_cancelled_exception(err):
@@ -279,8 +304,46 @@ class PhaseWork(Gated):
             if isinstance(inner, ApplicationError) and inner.details:
                 with contextlib.suppress(ValidationError):
                     return StepResult.model_validate(inner.details[0])
-            return f"the {role} failed: {cause(err)}"
+            return f"the {step.stage.rpartition('.')[2]} failed: {cause(err)}"
         return result
+
+    async def _series(
+        self, run: RunInput, phase: Phase, builder: StepInput, auditor: StepInput
+    ) -> StepResult | str:
+        """Run the builder's and the auditor's commands in one activity, one trip through
+        Temporal's queues a phase instead of two: the builder's result, or why they did not
+        run. The auditor's is kept for `_audit` in `phase.audited`; it did not run when the
+        builder failed, or reported more tokens than the run has left."""
+        try:
+            series = await run_series(
+                self,
+                SeriesInput(
+                    steps=[builder, auditor],
+                    with_results=True,
+                    files_changed_env=FILES_CHANGED,
+                    token_room=max(0, self.cap - self.tokens),
+                ),
+                heartbeat_timeout_s=run.heartbeat_timeout_seconds,
+                open_ended_s=OPEN_ENDED_S,
+                margin_s=MARGIN_S,
+            )
+        except ActivityError as err:
+            if is_cancelled_exception(err):
+                raise
+            return f"the builder and auditor failed: {cause(err)}"
+        built, *audited = series.results
+        if series.error is not None and not audited and built.exit_code == 0:
+            return f"the builder failed: {series.error}"  # timed out, yet it exited 0
+        phase.audited = audited[0] if audited else None
+        return built
+
+    def _auditor_env(self, spec: PhaseSpec, attempt: int) -> dict[str, str]:
+        """The auditor's variables but the files the builder changed (`FILES_CHANGED`)."""
+        return {
+            "PILOTHOUSE_RUN_ID": self.run_id,
+            "PILOTHOUSE_PHASE_ID": spec.phase_id,
+            "PILOTHOUSE_ATTEMPT": str(attempt),
+        }
 
     @staticmethod
     def _expect(phase: Phase, role: Literal["builder", "auditor"]) -> None:
@@ -404,19 +467,3 @@ class PhaseWork(Gated):
             self.defer(fact)
         else:
             await self.record("records.transition", fact)
-
-
-def last_json(tail: list[str]) -> dict[str, Any]:
-    """The JSON object on a command's last printed line, if there is one."""
-    for line in reversed(tail):
-        text = line.strip()
-        if not text:
-            continue
-        if text.startswith("{"):
-            try:
-                value = json.loads(text)
-            except ValueError:
-                return {}
-            return value if isinstance(value, dict) else {}
-        return {}
-    return {}

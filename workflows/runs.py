@@ -64,7 +64,6 @@ class RunWorkflow(PhaseWork):
     @workflow.init
     def __init__(self, run: RunInput) -> None:
         super().__init__(run.run_id)
-        self.cap = 0
         self.budget_openings = 0
 
     @workflow.run

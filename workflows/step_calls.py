@@ -13,7 +13,9 @@ workflow task for up to 4 s at a time. For the same reason a step that starts wh
 Update is answered, or in the workflow task that carries its answer, is an ordinary
 activity: the answer is not held behind it (`Gated.may_hold_task`).
 Consecutive short steps with no retries of their own run as one series, in one local
-activity (`activities/step_series.py`): a `true` step then costs about 3.5 ms.
+activity (`activities/step_series.py`): a `true` step then costs about 3.5 ms. A run's
+builder and auditor commands run as one series too, local when both are short and in one
+ordinary activity otherwise: one trip through the server's queues a phase, not two.
 """
 
 from __future__ import annotations
@@ -91,17 +93,27 @@ def series_length(owner: Gated, steps: list[StepInput]) -> int:
     return count
 
 
-async def run_series(owner: Gated, series: list[StepInput], *, margin_s: float) -> SeriesResult:
-    """Run `series` (as `series_length` chose it) in one local activity, carrying what
-    `owner` has to record. While it runs, a cancel or an Update reaches the workflow when
-    the worker renews the workflow task (every 4 s), as with consecutive short steps."""
-    limit = sum((s.timeout_seconds or 0) + s.kill_grace_seconds for s in series) + margin_s
-    summary = f"{series[0].stage} … {series[-1].stage} ({len(series)} short steps)"
+async def run_series(
+    owner: Gated,
+    series: SeriesInput,
+    *,
+    heartbeat_timeout_s: float,
+    open_ended_s: float,
+    margin_s: float,
+) -> SeriesResult:
+    """Run `series` in one activity, carrying what `owner` has to record: a local one when
+    every step is short (as `series_length` chooses them), an ordinary one with heartbeats
+    otherwise. While a local one runs, a cancel or an Update reaches the workflow when the
+    worker renews the workflow task (every 4 s), as with consecutive short steps."""
+    steps = series.steps
+    limit = sum((s.timeout_seconds or open_ended_s) + s.kill_grace_seconds for s in steps)
+    local = all(is_short(s) for s in steps) and owner.may_hold_task()
+    shortness = "short steps" if local else "steps"
+    summary = f"{steps[0].stage} … {steps[-1].stage} ({len(steps)} {shortness})"
+    options = _options(limit + margin_s, 1 + WORKER_LOSSES, summary)
+    if not local:
+        options["heartbeat_timeout"] = timedelta(seconds=heartbeat_timeout_s)
     result: SeriesResult = await owner.carrying(
-        "steps.run_series",
-        SeriesInput(steps=series),
-        local=True,
-        result_type=SeriesResult,
-        **_options(limit, 1 + WORKER_LOSSES, summary),
+        "steps.run_series", series, local=local, result_type=SeriesResult, **options
     )
     return result
