@@ -98,7 +98,8 @@ class StepRecords:
     async def started(
         self, step: StepInput, attempt: int, argv: list[str], key: str | None
     ) -> StepRun | None:
-        """The start; for a local step that ended before a replay, that end instead
+        """The start; for a step with a step-run key (local, or in a series) that ended
+        before a replay or a retry, that end instead
         (nothing is written then, and nothing runs)."""
         async with writing(self.db) as writes:
             return await self._write_start(writes, step, attempt, argv, key)
@@ -220,7 +221,9 @@ def reported_tokens(tail: list[str]) -> int:
         return 0
     try:
         return min(max(0, int(value)), LIMITS.max_int)
-    except (ValueError, OverflowError):
+    except OverflowError:  # an infinite count: over any budget
+        return LIMITS.max_int if float(value) > 0 else 0
+    except ValueError:
         return 0
 
 

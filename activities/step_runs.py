@@ -1,4 +1,5 @@
-"""What each attempt of a local step came to, so that a step that finished never runs again.
+"""What each attempt of a local step (or a step of a series) came to, so that a step that
+finished never runs again.
 
 A local activity's result reaches Temporal's history only when its workflow task completes.
 After a worker is lost mid-task, the replay runs the task's local activities again: the
@@ -66,9 +67,11 @@ async def begin(session: AsyncSession, key: str, attempt: int, resource_id: str)
             return Begun(earlier=row, first=False)
     if attempt != 1:
         await resources.insert_new(session, StepRun, keys, started)
-    # A retry after a long backoff is a new local activity, with a key of its own: only a
-    # first attempt writes what the step carries.
-    return Begun(earlier=None, first=attempt == 1 and not rows)
+    # A local retry after a long backoff is a new local activity, with a key of its own:
+    # only its first attempt writes what the step carries. An ordinary activity keeps its
+    # key: a retry that finds nothing under it writes what the attempts before did not.
+    first = attempt == 1 or not activity.info().is_local
+    return Begun(earlier=None, first=first and not rows)
 
 
 async def end(

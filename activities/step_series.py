@@ -48,6 +48,7 @@ class SeriesResult(BaseModel):
 
     ran: int = Field(description="How many steps ran, the failing one included")
     error: str | None = Field(None, description="Why the last one failed, if it did")
+    error_type: str | None = Field(None, description="StepFailed or StepTimedOut")
     results: list[StepResult] = Field(default_factory=list)
 
 
@@ -82,7 +83,9 @@ class StepSeries:
                 results.append(done.result)
             error = done.error(step)
             if error is not None:
-                return SeriesResult(ran=part + 1, error=error.message, results=results)
+                return SeriesResult(
+                    ran=part + 1, error=error.message, error_type=error.type, results=results
+                )
             if step.diff:
                 changed = done.result.diff.files_changed if done.result.diff else []
             if then is not None and not then.admits(done.result):

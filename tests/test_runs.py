@@ -511,6 +511,35 @@ async def test_the_budget_gate(
         assert not audits.exists()
 
 
+async def test_a_parallel_phase_meets_the_budget_that_the_others_spent(
+    api: Api, admin: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """Phases running at once spend one budget: a builder that passes the cap after
+    another phase spent part of it waits at the budget gate before its auditor runs."""
+    audits = tmp_path / "audits"
+    audit = cmd(f'echo "$PILOTHOUSE_PHASE_ID" >> {audits}')
+    spend = "echo '{\"tokens_used\": 100}'"
+    body = run_body(
+        "budget-parallel",
+        ["t1"],
+        [
+            phase("a", "t1", 0, builder=cmd(spend), auditor=audit),
+            phase("b", "t1", 1, builder=cmd(f"sleep 2; {spend}"), auditor=audit),
+        ],
+        token_cap=150,
+    )
+    body["tiers"][0]["parallel"] = True
+    run_id = await start(admin, body)
+    gate = await open_gate(api, run_id)
+    assert gate.stage == "budget_exceeded"
+    answer = await admin.post(
+        f"/api/v1/approvals/{gate.id}/decide", json={"outcome": "reject", "reason": "enough"}
+    )
+    assert answer.status_code == 200, answer.text
+    await wait_run(api.db, run_id, "DONE_FAILED_BUDGET_EXHAUSTED")
+    assert audits.read_text().split() == ["a"]
+
+
 async def test_cancel_stops_a_run_and_closes_its_gates(api: Api, admin: httpx.AsyncClient) -> None:
     run_id = await start(
         admin,
@@ -690,3 +719,36 @@ async def test_a_failing_builder_fails_its_phase_saying_why(
     assert run.state == "DONE_FAILED_REQUIRES_HUMAN_REVIEW"
     p1 = (await phases_of(api, run_id))["p1"]
     assert p1.state == "FAILED" and p1.error == "the builder exited with status 3: broke"
+
+
+@pytest.mark.parametrize(
+    ("late", "auditor"),
+    [("builder", True), ("builder", False), ("auditor", True)],
+    ids=["builder-with-auditor", "builder-alone", "auditor"],
+)
+async def test_a_step_that_times_out_failed_whatever_it_exits_with(
+    api: Api, admin: httpx.AsyncClient, late: str, auditor: bool
+) -> None:
+    """A command stopped at its timeout that exits 0 on SIGTERM did not succeed: a builder
+    fails its phase, an auditor asks for a revision. With an auditor command, the builder
+    and auditor run as one series; alone, the builder is a step of its own."""
+    stubborn = cmd("trap 'exit 0' TERM; sleep 30 & wait") | {"timeout_seconds": 1}
+    steps: dict[str, Any] = {"builder": cmd("true")}
+    if auditor:
+        steps["auditor"] = cmd("true")
+    steps[late] = stubborn
+    body = run_body(
+        f"stubborn-{late}-{auditor}", ["t1"], [phase("p1", "t1", max_attempts=1, **steps)]
+    )
+    run_id = await start(admin, body)
+    run = await wait_run(api.db, run_id, "DONE_FAILED_REQUIRES_HUMAN_REVIEW", "DONE_SUCCESS")
+    assert run.state == "DONE_FAILED_REQUIRES_HUMAN_REVIEW", run.error
+    p1 = (await phases_of(api, run_id))["p1"]
+    assert p1.state == "FAILED"
+    if late == "builder":
+        assert "timed out" in (p1.error or ""), p1.error
+    else:
+        assert "revisions 1 times" in (p1.error or ""), p1.error
+        [audit] = [e for e in await events_of(api, run_id) if e.type == "auditor_finished"]
+        assert audit.payload["recommendation"] == "revise"
+        assert "timed out" in audit.payload["review_notes"]

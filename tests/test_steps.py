@@ -17,6 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
+from activities.records import Transition
 from activities.step_records import StepInput, StepRecords, StepResult
 from activities.step_series import SeriesInput, SeriesResult, StepSeries
 from activities.steps import Steps
@@ -202,6 +203,42 @@ async def test_a_series_replayed_runs_only_its_steps_that_did_not_finish(
     assert retried.error is None and retried.ran == 3
     runs = {p.name: len(p.read_text().splitlines()) for p in counts.iterdir()}
     assert runs == {"a": 1, "b": 2, "c": 1}
+
+
+async def test_an_ordinary_series_retried_runs_no_finished_step_and_loses_nothing(
+    steps: Steps, db: Database, tmp_path: Path
+) -> None:
+    """A series in an ordinary activity (a run's builder and auditor) keeps its steps' ends
+    under the activity's id, which its retries share: a retry after a lost worker runs
+    only what did not finish, and one whose attempts before it wrote nothing writes what
+    the workflow carried."""
+    count = tmp_path / "count"
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(
+        env.info, is_local=False, workflow_run_id=f"run-{uuid.uuid4()}", activity_id="3"
+    )
+
+    def carried(name: str) -> Transition:
+        return Transition(resource_kind="job", resource_id="job-test", event_type=name)
+
+    ran = StepInput(
+        resource_kind="job",
+        resource_id="job-test",
+        stage="a",
+        argv=["sh", "-c", f"echo a >> {count}"],
+    )
+    # Attempt 2 of a series whose first attempt died before it wrote anything.
+    env.info = dataclasses.replace(env.info, attempt=2)
+    first = SeriesInput(steps=[ran], facts=[carried("carried_once")])
+    assert (await env.run(StepSeries(steps).run, first)).ran == 1
+    # Attempt 3, after a worker lost once step "a" had finished: "a" is answered.
+    env.info = dataclasses.replace(env.info, attempt=3)
+    again = SeriesInput(steps=[ran], facts=[carried("carried_once")])
+    assert (await env.run(StepSeries(steps).run, again)).ran == 1
+    assert count.read_text().split() == ["a"]
+    async with db.session() as session:
+        types = [e.type for e in (await session.exec(select(Event).order_by(col(Event.id))))]
+    assert types == ["carried_once", "stage_started", "step_finished"]
 
 
 async def test_a_series_commits_once_a_step_and_keeps_each_start_and_end(

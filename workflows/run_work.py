@@ -35,6 +35,7 @@ DONE = ("COMPLETE", "FAILED", "SKIPPED")
 # with a step each.
 PHASE_SERIES = "phase-builder-and-auditor-in-one-series"
 FILES_CHANGED = "PILOTHOUSE_FILES_CHANGED"
+TIMED_OUT = "StepTimedOut"  # the type of a timed-out step's failure (`steps.Executed`)
 OPEN_ENDED_S = 24 * 3600
 MARGIN_S = 60
 
@@ -62,14 +63,18 @@ class Phase:
     """One phase inside the workflow: its state, and what it waits for from outside."""
 
     spec: PhaseSpec
+    # No other phase runs meanwhile (its tier is not `parallel`): the tokens the run has
+    # left stay as they were when its builder started.
+    alone: bool = True
     state: PhaseState = "QUEUED"
     awaiting: Literal["builder", "auditor"] | None = None
     builder: BuilderResult | None = None
     auditor: AuditorResult | None = None
     openings: int = 0
     tokens: int = 0
-    # The auditor command's step, when it ran in one series with the builder's.
-    audited: StepResult | None = None
+    # The auditor command's step, when it ran in one series with the builder's: its
+    # result, or why it failed.
+    audited: StepResult | str | None = None
 
 
 class PhaseWork(Gated):
@@ -113,7 +118,13 @@ class PhaseWork(Gated):
                 diff=True,
                 parts={part: {"state": "EXECUTING", "builder_attempts": attempt}},
             )
-            if isinstance(spec.auditor, CommandExecutor) and workflow.patched(PHASE_SERIES):
+            # Only a phase that runs alone: the series ends before the auditor by the
+            # tokens left when it started, which other phases would spend meanwhile.
+            if (
+                isinstance(spec.auditor, CommandExecutor)
+                and phase.alone
+                and workflow.patched(PHASE_SERIES)
+            ):
                 auditor = self._step_input(
                     run,
                     spec,
@@ -301,7 +312,9 @@ class PhaseWork(Gated):
             if is_cancelled_exception(err):
                 raise
             inner = err.cause
-            if isinstance(inner, ApplicationError) and inner.details:
+            # A failing command's result comes with its failure; a timed-out one failed,
+            # whatever it exited with as it was stopped.
+            if isinstance(inner, ApplicationError) and inner.details and inner.type != TIMED_OUT:
                 with contextlib.suppress(ValidationError):
                     return StepResult.model_validate(inner.details[0])
             return f"the {step.stage.rpartition('.')[2]} failed: {cause(err)}"
@@ -332,9 +345,11 @@ class PhaseWork(Gated):
                 raise
             return f"the builder and auditor failed: {cause(err)}"
         built, *audited = series.results
-        if series.error is not None and not audited and built.exit_code == 0:
-            return f"the builder failed: {series.error}"  # timed out, yet it exited 0
-        phase.audited = audited[0] if audited else None
+        # A timed-out step failed, whatever it exited with as it was stopped.
+        timed_out = series.error_type == TIMED_OUT
+        if not audited:
+            return f"the builder failed: {series.error}" if timed_out else built
+        phase.audited = f"the auditor failed: {series.error}" if timed_out else audited[0]
         return built
 
     def _auditor_env(self, spec: PhaseSpec, attempt: int) -> dict[str, str]:

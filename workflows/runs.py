@@ -91,7 +91,8 @@ class RunWorkflow(PhaseWork):
             return await self._fail("DONE_FAILED_POLICY_VIOLATION", f"invalid run: {explain(exc)}")
         assert spec.run.token_cap is not None
         self.cap = spec.run.token_cap
-        self.phases = {p.phase_id: Phase(p) for p in spec.phases}
+        parallel = {t.tier_id for t in spec.tiers if t.parallel}
+        self.phases = {p.phase_id: Phase(p, alone=p.tier_id not in parallel) for p in spec.phases}
         prepare = WorkspaceIn(
             resource_id=self.run_id, workdir=spec.run.workdir, repository=spec.run.repository
         )

@@ -1,5 +1,5 @@
-"""How a workflow runs a command on the step executor (`steps.run`): one set of timeouts,
-retries and cancellation for jobs' stages and runs' builders and auditors.
+"""How a workflow runs commands on the step executor (`steps.run`, `steps.run_series`): one
+set of timeouts, retries and cancellation for jobs' stages and runs' builders and auditors.
 
 A step that declares a timeout of at most `SHORT_STEP_S` runs as a local activity: in the
 worker that runs its workflow, inside the workflow task, with no trip through the server's
