@@ -65,9 +65,11 @@ async def supervise(
     kill_grace_seconds: float,
     heard: Heard | None = None,
     idle_seconds: float | None = None,
+    label: str | None = None,
 ) -> tuple[int, str]:
     """Heartbeat until the leader exits; stop the group on a cancel, the timeout, or
-    (with `heard`) a silence of `idle_seconds`."""
+    (with `heard`) a silence of `idle_seconds`. `label` (the stage) is the heartbeats'
+    details: the Temporal UI shows which step of a series runs."""
     deadline = time.monotonic() + timeout_seconds if timeout_seconds else None
     # A local activity has no heartbeat: its cancel comes straight from the workflow.
     beat = not activity.info().is_local
@@ -80,7 +82,7 @@ async def supervise(
     try:
         while True:
             if beat:
-                activity.heartbeat()
+                activity.heartbeat(*(() if label is None else (label,)))
             ends = [t for t in (deadline, quiet_until()) if t is not None]
             wait = min([HEARTBEAT_S, *(t - time.monotonic() for t in ends)])
             try:

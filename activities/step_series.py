@@ -1,19 +1,20 @@
-"""Consecutive short steps in one local activity: `true` forty times costs the commands and
-their records, not forty trips through the workflow.
+"""Consecutive steps in one activity (a local one when all are short, an ordinary one with
+heartbeats otherwise): `true` forty times costs the commands and their records, not forty
+trips through the workflow.
 
 Each step runs on the step executor as it would alone, with its place in the series in
 its step-run key, and its end is committed before the next starts: a replay after a lost
-worker answers the steps that finished from there and runs only the one that was running.
-The workflow decides where a series ends (at the next gate, or the next step that is not
-short), never the clock, so that a replay's series cover the same steps as the first run's.
-The next step's start is written in the transaction that records the end of the one before
-(`steps.Link`): one commit a step. A failing step ends the series; the steps after it do
-not run.
+worker (or the retry of an ordinary activity) answers the steps that finished from there
+and runs only the one that was running. The workflow decides where a series ends (at the
+next gate, or the next step with retries of its own), never the clock, so that a replay's
+series cover the same steps as the first run's. The next step's start is written in the
+transaction that records the end of the one before (`steps.Link`): one commit a step. A
+failing step ends the series; the steps after it do not run.
 
-A run's builder and auditor run as a series too, in an ordinary activity when they are not
-short: the auditor learns what the builder changed (`files_changed_env`), and a builder
-that reports more tokens than the run has left ends the series before the auditor, so the
-budget gate comes first, as it does when they run apart.
+A run's builder and auditor run as a series too: the auditor learns what the builder
+changed (`files_changed_env`), and a builder that reports more tokens than the run has
+left ends the series before the auditor, so the budget gate comes first, as it does when
+they run apart.
 """
 
 from __future__ import annotations

@@ -177,7 +177,9 @@ class Steps:
         process = await self._spawn(step, out, pgid_file, piped=False)
         if process is None:
             return NOT_STARTABLE, "failed"
-        return await supervise(process, pgid_file, step.timeout_seconds, step.kill_grace_seconds)
+        return await supervise(
+            process, pgid_file, step.timeout_seconds, step.kill_grace_seconds, label=step.stage
+        )
 
     async def _stream(
         self, step: StepInput, out: BinaryIO, pgid_file: Path, streaming: Streaming
@@ -199,6 +201,7 @@ class Steps:
                 step.kill_grace_seconds,
                 heard,
                 streaming.idle_timeout_seconds,
+                label=step.stage,
             )
         finally:
             await asyncio.shield(close_pumps(process.pid, pumps))

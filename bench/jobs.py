@@ -4,8 +4,8 @@ the same run, on one dev server, with the API and the worker as their own proces
 (a) decision latency: POST approve → next stage started, beside a raw `execute_update`
 (b) 500 jobs through POST /api/v1/jobs, beside 500 raw `start_workflow` calls
 (c) one job of 40 sequential stages that each run `true`, beside a bare workflow of 40
-    activities that each run `true`: with the stages declared short (local activities) and
-    without a timeout (ordinary activities)
+    activities that each run `true`: with the stages declared short (one series in a local
+    activity) and without a timeout (one series in an ordinary activity)
 (d) 100 SSE subscribers on one job: event written → event received
 
 Run: `make bench` or `python -m bench.jobs [--database-url URL]`.
@@ -240,8 +240,8 @@ async def sequential_stages(
     bench: Bench, client: Client, n: int, rounds: int, timeout_s: float | None
 ) -> dict[str, float]:
     """A job of `n` stages running `true`, beside a bare workflow of `n` activities running
-    `true`; rounds alternate the two. Stages declared short (`timeout_s` ≤ 10) run as local
-    activities; without a timeout they are ordinary activities, as the bare ones are.
+    `true`; rounds alternate the two. Stages declared short (`timeout_s` ≤ 10) run as one
+    series in a local activity; without a timeout, as one series in an ordinary activity.
 
     Each side runs twice back to back and the second counts: on a server with Temporal's
     defaults, the history service reads its transfer queue 20 times a second with a burst

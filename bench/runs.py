@@ -3,7 +3,8 @@ the API and the worker as their own processes.
 
 (a) one run of 3 tiers x 3 phases, `true` as every builder and auditor, end to end, beside
     a bare workflow that runs the same 18 activities (`true` each) in the same order; with
-    the steps declared short (local activities) and without a timeout
+    the steps declared short (a local activity a phase) and without a timeout (an ordinary
+    one a phase)
 (b) an outside executor's `auditor_result` POST → the next phase's builder started (p50
     over 50), beside a raw `execute_update` to a waiting workflow that then starts one
     activity

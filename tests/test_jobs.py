@@ -393,8 +393,8 @@ async def test_consecutive_short_stages_run_as_one_series_up_to_a_gate(
     admin: httpx.AsyncClient, client: Client
 ) -> None:
     """Each stage of a series still has its start, its end and its tail in the log, in
-    order; the series ends at a gate, and the stage right after a decision is an ordinary
-    activity (it starts in the task that answers the Update)."""
+    order; the series ends at a gate, and the stages right after a decision are an
+    ordinary activity (they start in the task that answers the Update)."""
     short: dict[str, Any] = {"timeout_seconds": 5}
     job_id = await create_job(
         admin,
@@ -425,12 +425,41 @@ async def test_consecutive_short_stages_run_as_one_series_up_to_a_gate(
     }
     assert (tails["a"], tails["b"], tails["f"]) == (["A"], ["B"], ["F"])
     history = await client.get_workflow_handle(job_id).fetch_history()
-    assert local_summaries(history) == [
-        "a … c (3 short steps)",
-        "e … f (2 short steps)",
+    assert local_summaries(history) == ["a … c (3 short steps)"]
+    [d] = [
+        e for e in history.events if e.user_metadata.summary.data == '"d … f (3 steps)"'.encode()
     ]
-    [d] = [e for e in history.events if e.user_metadata.summary.data == b'"d"']
     assert d.HasField("activity_task_scheduled_event_attributes")
+
+
+async def test_stages_without_a_timeout_run_as_one_activity_that_shows_its_stage(
+    admin: httpx.AsyncClient, client: Client
+) -> None:
+    """Ungated stages with no retries run in one ordinary activity, whose heartbeats name
+    the stage that runs (the Temporal UI shows them with the pending activity); a cancel
+    reaches that stage through them."""
+    job_id = await create_job(admin, stage("a"), stage("b", "sleep", "60"), stage("c"))
+    handle = client.get_workflow_handle(job_id)
+    deadline = time.monotonic() + 20
+    while True:
+        pending = (await handle.describe()).raw_description.pending_activities
+        details = [d.data for p in pending for d in p.heartbeat_details.payloads]
+        if details == [b'"b"']:
+            break
+        assert time.monotonic() < deadline, f"no heartbeat names stage b: {pending}"
+        await asyncio.sleep(0.2)
+    [series] = pending
+    assert series.activity_type.name == "steps.run_series"
+    canceled = time.monotonic()
+    assert (await admin.post(f"/api/v1/jobs/{job_id}/cancel")).status_code == 200
+    await wait_state(admin, job_id, "canceled", seconds=20)
+    assert time.monotonic() - canceled < 15
+    assert await stage_events(admin, job_id) == [
+        ("stage_started", "a", "running"),
+        ("step_finished", "a", "succeeded"),
+        ("stage_started", "b", "running"),
+        ("step_finished", "b", "canceled"),
+    ]
 
 
 async def test_a_stage_that_fails_or_times_out_ends_its_series(

@@ -12,10 +12,10 @@ cancel or an Update reaches the workflow while they run, where a local activity 
 workflow task for up to 4 s at a time. For the same reason a step that starts while an
 Update is answered, or in the workflow task that carries its answer, is an ordinary
 activity: the answer is not held behind it (`Gated.may_hold_task`).
-Consecutive short steps with no retries of their own run as one series, in one local
-activity (`activities/step_series.py`): a `true` step then costs about 3.5 ms. A run's
-builder and auditor commands run as one series too, local when both are short and in one
-ordinary activity otherwise: one trip through the server's queues a phase, not two.
+Consecutive steps with no retries of their own run as one series, in one activity
+(`activities/step_series.py`): a local one when all are short (a `true` step then costs
+about 3.5 ms), an ordinary one with heartbeats otherwise, one trip through the server's
+queues for all of them. A run's builder and auditor commands run as one series too.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ SHORT_STEP_TASK_TIMEOUT = timedelta(seconds=5)
 # Histories from before short steps ran locally replay with ordinary activities.
 LOCAL_STEPS = "short-steps-run-locally"
 SERIES = "short-steps-run-in-series"
+# Histories from before other steps ran as series replay with an activity a step.
+ORDINARY_SERIES = "steps-run-in-series-in-ordinary-activities"
 
 
 def is_short(step: StepInput) -> bool:
@@ -82,15 +84,22 @@ async def run_step(
 
 
 def series_length(owner: Gated, steps: list[StepInput]) -> int:
-    """How many of the leading `steps` run as one series (`run_series`): those that are
-    short and have no retries of their own; 0 when fewer than two are, and the caller runs
-    the first alone."""
-    count = 0
-    while count < len(steps) and is_short(steps[count]) and steps[count].retries == 0:
-        count += 1
-    if count < 2 or not owner.may_hold_task() or not workflow.patched(SERIES):
+    """How many of the leading `steps` run as one series (`run_series`): those with no
+    retries of their own (a step's retries are a retried activity); 0 when fewer than two
+    are, and the caller runs the first alone. Short ones that may hold the workflow task
+    run in a local activity; with any other among them, all run in an ordinary one."""
+    plain = 0
+    while plain < len(steps) and steps[plain].retries == 0:
+        plain += 1
+    short = 0
+    while short < plain and is_short(steps[short]):
+        short += 1
+    hold = owner.may_hold_task()
+    if plain >= 2 and (short < plain or not hold) and workflow.patched(ORDINARY_SERIES):
+        return plain
+    if short < 2 or not hold or not workflow.patched(SERIES):
         return 0
-    return count
+    return short
 
 
 async def run_series(
