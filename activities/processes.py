@@ -1,10 +1,11 @@
 """Process groups: a step's command leads a group of its own, so stopping it stops
 everything it started.
 
-The executor heartbeats while the leader runs (`supervise`), which is also how a cancel
-reaches it; a cancel, the timeout or a silence stops the whole group with SIGTERM, then
-SIGKILL after a grace period. A pgid file names the running group for good (pid and start
-time), so an attempt after a worker died mid-step stops the orphan it left.
+The executor heartbeats for as long as a step is handled (`pulse`): while its command runs,
+which is also how a cancel reaches it, and while it is stopped or recorded. A cancel, the
+timeout or a silence stops the whole group with SIGTERM, then SIGKILL after a grace period.
+A pgid file names the running group for good (pid and start time), so an attempt after a
+worker died mid-step stops the orphan it left.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,31 @@ from temporalio import activity
 HEARTBEAT_S = 1.0
 # How long a SIGKILLed group may take to be gone before we stop waiting for it.
 GROUP_EXIT_S = 5.0
+
+
+@contextlib.asynccontextmanager
+async def pulse(label: str) -> AsyncIterator[None]:
+    """Heartbeat an ordinary activity every `HEARTBEAT_S` while the block runs, with `label`
+    (the stage) as details: the Temporal UI shows which step of a series runs. Beating
+    from a task of its own covers what the command's wait does not: a kill's grace, the
+    records, a retry's look at the steps that finished; a heartbeat timeout there would
+    start another attempt beside this one. A local activity has no heartbeat: its cancel
+    comes straight from the workflow."""
+    if activity.info().is_local:
+        yield
+        return
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat(label)
+            await asyncio.sleep(HEARTBEAT_S)
+
+    beating = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        beating.cancel()
+        await asyncio.gather(beating, return_exceptions=True)
 
 
 @contextlib.contextmanager
@@ -65,14 +91,10 @@ async def supervise(
     kill_grace_seconds: float,
     heard: Heard | None = None,
     idle_seconds: float | None = None,
-    label: str | None = None,
 ) -> tuple[int, str]:
-    """Heartbeat until the leader exits; stop the group on a cancel, the timeout, or
-    (with `heard`) a silence of `idle_seconds`. `label` (the stage) is the heartbeats'
-    details: the Temporal UI shows which step of a series runs."""
+    """Wait until the leader exits; stop the group on a cancel, the timeout, or (with
+    `heard`) a silence of `idle_seconds`. The caller heartbeats meanwhile (`pulse`)."""
     deadline = time.monotonic() + timeout_seconds if timeout_seconds else None
-    # A local activity has no heartbeat: its cancel comes straight from the workflow.
-    beat = not activity.info().is_local
 
     def quiet_until() -> float | None:
         if heard is None or idle_seconds is None:
@@ -81,8 +103,6 @@ async def supervise(
 
     try:
         while True:
-            if beat:
-                activity.heartbeat(*(() if label is None else (label,)))
             ends = [t for t in (deadline, quiet_until()) if t is not None]
             wait = min([HEARTBEAT_S, *(t - time.monotonic() for t in ends)])
             try:

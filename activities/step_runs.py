@@ -4,9 +4,9 @@ finished never runs again.
 A local activity's result reaches Temporal's history only when its workflow task completes.
 After a worker is lost mid-task, the replay runs the task's local activities again: the
 step executor finds the attempts that finished here and answers with their results. A
-series of steps in one ordinary activity (a run's builder and auditor) is kept the same
-way, for its retry after a lost worker. A lone step in an ordinary activity needs none of
-this; Temporal records its end.
+series of steps in one ordinary activity (a job's stages, a run's builder and auditor) is
+kept the same way, for its retry after a lost worker. A lone step in an ordinary activity
+needs none of this; Temporal records its end.
 """
 
 from __future__ import annotations

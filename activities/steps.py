@@ -25,7 +25,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import step_runs, work_trees
-from activities.processes import Heard, stop_orphan, supervise, write_pgid_file
+from activities.processes import Heard, pulse, stop_orphan, supervise, write_pgid_file
 from activities.step_logs import close_pumps, pump
 from activities.step_records import (
     Link,
@@ -114,6 +114,18 @@ class Steps:
         `shown_argv` is what `stage_started` shows instead of the argv (redactions).
         In a series that one activity runs (`step_series`): `part` is the step's place,
         `begun` the link whose record started it, `then` the link to the next step."""
+        async with pulse(step.stage):
+            return await self._handle(step, shown_argv, streaming, part, begun, then)
+
+    async def _handle(
+        self,
+        step: StepInput,
+        shown_argv: list[str] | None,
+        streaming: Streaming | None,
+        part: int | None,
+        begun: Link | None,
+        then: Link | None,
+    ) -> Executed:
         attempt = activity.info().attempt
         key = step_runs.key(part, step.stage)
         slug = stage_slug(step.stage)
@@ -177,9 +189,7 @@ class Steps:
         process = await self._spawn(step, out, pgid_file, piped=False)
         if process is None:
             return NOT_STARTABLE, "failed"
-        return await supervise(
-            process, pgid_file, step.timeout_seconds, step.kill_grace_seconds, label=step.stage
-        )
+        return await supervise(process, pgid_file, step.timeout_seconds, step.kill_grace_seconds)
 
     async def _stream(
         self, step: StepInput, out: BinaryIO, pgid_file: Path, streaming: Streaming
@@ -201,7 +211,6 @@ class Steps:
                 step.kill_grace_seconds,
                 heard,
                 streaming.idle_timeout_seconds,
-                label=step.stage,
             )
         finally:
             await asyncio.shield(close_pumps(process.pid, pumps))

@@ -225,7 +225,10 @@ async def test_a_long_job_continues_as_new_and_runs_each_stage_once(
                 base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30
             ) as admin,
         ):
-            stages = [stage(f"s{n}", "sh", "-c", f"echo x >> {counter}/s{n}") for n in range(12)]
+            # With `retries`, each stage is an activity of its own: consecutive stages
+            # without would run as one series, whose history never grows to the limit.
+            count = f"echo x >> {counter}/s{{n}}"
+            stages = [stage(f"s{n}", "sh", "-c", count.format(n=n), retries=1) for n in range(12)]
             stages[5]["gate"] = GATE
             job_id = await create_job(admin, *stages)
             await wait_state(admin, job_id, "needs_approval")

@@ -18,6 +18,7 @@ from store.models import Decision, Event, IdempotencyKey, StepRun
 from store.tokens import Scope
 from tests.conftest import Api, free_port, make_token, serve
 from tests.jobs_helpers import GATE, create_job, event_types, stage, wait_state
+from workflows.gate import WORKER_LOSSES
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -450,6 +451,8 @@ async def test_stages_without_a_timeout_run_as_one_activity_that_shows_its_stage
         await asyncio.sleep(0.2)
     [series] = pending
     assert series.activity_type.name == "steps.run_series"
+    # Each stage may lose its worker as a stage alone may.
+    assert series.maximum_attempts == 1 + WORKER_LOSSES * 3
     canceled = time.monotonic()
     assert (await admin.post(f"/api/v1/jobs/{job_id}/cancel")).status_code == 200
     await wait_state(admin, job_id, "canceled", seconds=20)
@@ -460,6 +463,33 @@ async def test_stages_without_a_timeout_run_as_one_activity_that_shows_its_stage
         ("stage_started", "b", "running"),
         ("step_finished", "b", "canceled"),
     ]
+
+
+async def test_a_stage_that_ignores_sigterm_is_stopped_once_in_its_series(
+    admin: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """The heartbeats go on while a stage is stopped: its kill's grace (15 s) outlasts the
+    heartbeat timeout (5 s), and a timeout there would start the series again beside it."""
+    count = tmp_path / "count"
+    stubborn = stage(
+        "b", "sh", "-c", f"echo ran >> {count}; trap '' TERM; sleep 100", timeout_seconds=2
+    )
+    job_id = await create_job(admin, stage("a"), stubborn, stage("c"))
+    job = await wait_state(admin, job_id, "failed", "completed", seconds=60)
+    assert job["state"] == "failed"
+    assert job["error"].startswith("b: step 'b' timed out after 2"), job["error"]
+    assert count.read_text().split() == ["ran"]
+
+
+async def test_a_series_of_stages_with_large_params_stays_within_temporals_limits(
+    admin: httpx.AsyncClient,
+) -> None:
+    """Each stage's input carries the params twice: an ordinary series takes only the
+    stages that fit one input Temporal's server takes."""
+    params = {"blob": "x" * 60_000}
+    job_id = await create_job(admin, *(stage(f"s{n}") for n in range(20)), params=params)
+    job = await wait_state(admin, job_id, "completed", "failed", seconds=60)
+    assert job["state"] == "completed", job
 
 
 async def test_a_stage_that_fails_or_times_out_ends_its_series(

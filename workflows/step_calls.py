@@ -7,9 +7,9 @@ queues (about 5 ms a `true` step with its records, against about 15 ms as an ord
 activity on the tuned dev server, 50 ms on one with Temporal's defaults).
 The step executor keeps what each local attempt came to (`activities/step_runs.py`), so a
 replay after a lost worker never runs a finished step again. Longer or open-ended steps
-stay ordinary activities: the Temporal UI shows them pending with their heartbeats, and a
-cancel or an Update reaches the workflow while they run, where a local activity holds the
-workflow task for up to 4 s at a time. For the same reason a step that starts while an
+run in ordinary activities: the Temporal UI shows them pending with their heartbeats, and
+a cancel or an Update reaches the workflow while they run, where a local activity holds
+the workflow task for up to 4 s at a time. For the same reason a step that starts while an
 Update is answered, or in the workflow task that carries its answer, is an ordinary
 activity: the answer is not held behind it (`Gated.may_hold_task`).
 Consecutive steps with no retries of their own run as one series, in one activity
@@ -41,6 +41,10 @@ LOCAL_STEPS = "short-steps-run-locally"
 SERIES = "short-steps-run-in-series"
 # Histories from before other steps ran as series replay with an activity a step.
 ORDINARY_SERIES = "steps-run-in-series-in-ordinary-activities"
+# What the steps of an ordinary series may weigh together: its input goes to Temporal's
+# server, which warns past 512 KiB and refuses past 2 MiB (a job's steps each carry its
+# params twice). A local activity's input stays in the worker.
+SERIES_BYTES = 256 * 1024
 
 
 def is_short(step: StepInput) -> bool:
@@ -95,11 +99,23 @@ def series_length(owner: Gated, steps: list[StepInput]) -> int:
     while short < plain and is_short(steps[short]):
         short += 1
     hold = owner.may_hold_task()
-    if plain >= 2 and (short < plain or not hold) and workflow.patched(ORDINARY_SERIES):
-        return plain
+    if plain >= 2 and (short < plain or not hold):
+        fit = _within_bytes(steps[:plain])
+        if fit >= 2 and workflow.patched(ORDINARY_SERIES):
+            return fit
     if short < 2 or not hold or not workflow.patched(SERIES):
         return 0
     return short
+
+
+def _within_bytes(steps: list[StepInput]) -> int:
+    """How many of the leading `steps` weigh no more than `SERIES_BYTES` together."""
+    total = 0
+    for count, step in enumerate(steps):
+        total += len(step.model_dump_json().encode())
+        if total > SERIES_BYTES:
+            return count
+    return len(steps)
 
 
 async def run_series(
@@ -119,7 +135,8 @@ async def run_series(
     local = all(is_short(s) for s in steps) and owner.may_hold_task()
     shortness = "short steps" if local else "steps"
     summary = f"{steps[0].stage} … {steps[-1].stage} ({len(steps)} {shortness})"
-    options = _options(limit + margin_s, 1 + WORKER_LOSSES, summary)
+    # Each step may lose its worker as a step alone may, without failing the others.
+    options = _options(limit + margin_s, 1 + WORKER_LOSSES * len(steps), summary)
     if not local:
         options["heartbeat_timeout"] = timedelta(seconds=heartbeat_timeout_s)
     result: SeriesResult = await owner.carrying(
