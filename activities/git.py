@@ -18,6 +18,7 @@ from pathlib import Path
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.heartbeats import HEARTBEAT_S
 from store import credentials
 
 GIT = (
@@ -41,7 +42,6 @@ REMOTE = ("-c", "credential.helper=")
 CHECKOUT = ("-c", f"checkout.workers={os.cpu_count() or 1}")
 # No diff driver or text filter a work tree's config names runs either.
 DIFF = ("diff", "--no-renames", "--no-ext-diff", "--no-textconv")
-HEARTBEAT_S = 1.0
 
 
 def workspace_error(message: str) -> ApplicationError:

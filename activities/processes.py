@@ -1,11 +1,11 @@
 """Process groups: a step's command leads a group of its own, so stopping it stops
 everything it started.
 
-The executor heartbeats for as long as a step is handled (`pulse`): while its command runs,
-which is also how a cancel reaches it, and while it is stopped or recorded. A cancel, the
-timeout or a silence stops the whole group with SIGTERM, then SIGKILL after a grace period.
-A pgid file names the running group for good (pid and start time), so an attempt after a
-worker died mid-step stops the orphan it left.
+The executor heartbeats for as long as a step is handled (`heartbeats.pulse`): while its
+command runs, which is also how a cancel reaches it, and while it is stopped or recorded.
+A cancel, the timeout or a silence stops the whole group with SIGTERM, then SIGKILL after
+a grace period. A pgid file names the running group for good (pid and start time), so an
+attempt after a worker died mid-step stops the orphan it left.
 """
 
 from __future__ import annotations
@@ -16,40 +16,14 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from temporalio import activity
+from activities.heartbeats import HEARTBEAT_S
 
-HEARTBEAT_S = 1.0
 # How long a SIGKILLed group may take to be gone before we stop waiting for it.
 GROUP_EXIT_S = 5.0
-
-
-@contextlib.asynccontextmanager
-async def pulse(label: str) -> AsyncIterator[None]:
-    """Heartbeat an ordinary activity every `HEARTBEAT_S` while the block runs, with `label`
-    (the stage) as details: the Temporal UI shows which step of a series runs. Beating
-    from a task of its own covers what the command's wait does not: a kill's grace, the
-    records, a retry's look at the steps that finished; a heartbeat timeout there would
-    start another attempt beside this one. A local activity has no heartbeat: its cancel
-    comes straight from the workflow."""
-    if activity.info().is_local:
-        yield
-        return
-
-    async def beat() -> None:
-        while True:
-            activity.heartbeat(label)
-            await asyncio.sleep(HEARTBEAT_S)
-
-    beating = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        beating.cancel()
-        await asyncio.gather(beating, return_exceptions=True)
 
 
 @contextlib.contextmanager

@@ -25,7 +25,8 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import step_runs, work_trees
-from activities.processes import Heard, pulse, stop_orphan, supervise, write_pgid_file
+from activities.heartbeats import pulse
+from activities.processes import Heard, stop_orphan, supervise, write_pgid_file
 from activities.step_logs import close_pumps, pump
 from activities.step_records import (
     Link,

@@ -11,12 +11,10 @@ is recorded without its userinfo, query and fragment.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -25,12 +23,12 @@ from pydantic import BaseModel, Field
 from sqlmodel import col, select
 from temporalio import activity
 
+from activities.heartbeats import pulse
 from settings import VERSION, Settings
 from store import events
 from store.engine import Database
 from store.models import Event, WebhookDelivery
 
-HEARTBEAT_S = 1.0
 # The answer's status is all that counts; a receiver that streams a huge body is cut off.
 MAX_RESPONSE_BYTES = 64 * 1024
 MAX_ERROR_CHARS = 500
@@ -136,7 +134,7 @@ class Webhooks:
         if finished:
             return earlier
         done, status_code = earlier.attempts, earlier.status_code
-        async with _heartbeating():
+        async with pulse():
             problem = _problem(w.url)
             if problem is not None:
                 await self._record(w, done + 1, total, None, problem, 0, final=True)
@@ -310,21 +308,3 @@ def _delivery_key() -> str:
     """Names this activity across its tries (they share the run and the activity id)."""
     info = activity.info()
     return f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}"
-
-
-@contextlib.asynccontextmanager
-async def _heartbeating() -> AsyncIterator[None]:
-    """Heartbeat every second meanwhile: how a cancel arrives and a dead worker is noticed."""
-
-    async def beat() -> None:
-        while True:
-            activity.heartbeat()
-            await asyncio.sleep(HEARTBEAT_S)
-
-    beating = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        beating.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await beating
