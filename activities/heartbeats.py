@@ -15,10 +15,10 @@ HEARTBEAT_S = 1.0
 async def pulse(label: str | None = None) -> AsyncIterator[None]:
     """Heartbeat an ordinary activity every `HEARTBEAT_S` while the block runs, with `label`
     (a step's stage) as details: the Temporal UI shows which step of a series runs.
-    Beating from a task of its own covers what no wait of the block's own does: a kill's
-    grace, the records, a retry's look at the steps that finished; a heartbeat timeout
-    there would start another attempt beside this one. A local activity has no heartbeat:
-    its cancel comes straight from the workflow."""
+    Beating from a task of its own covers what no wait of the block's own does (a kill's
+    grace, the records): a heartbeat timeout there would start another attempt beside
+    this one. A local activity has no heartbeat: its cancel comes straight from the
+    workflow."""
     if activity.info().is_local:
         yield
         return

@@ -115,18 +115,6 @@ class Steps:
         `shown_argv` is what `stage_started` shows instead of the argv (redactions).
         In a series that one activity runs (`step_series`): `part` is the step's place,
         `begun` the link whose record started it, `then` the link to the next step."""
-        async with pulse(step.stage):
-            return await self._handle(step, shown_argv, streaming, part, begun, then)
-
-    async def _handle(
-        self,
-        step: StepInput,
-        shown_argv: list[str] | None,
-        streaming: Streaming | None,
-        part: int | None,
-        begun: Link | None,
-        then: Link | None,
-    ) -> Executed:
         attempt = activity.info().attempt
         key = step_runs.key(part, step.stage)
         slug = stage_slug(step.stage)
@@ -142,6 +130,22 @@ class Steps:
         if earlier is not None:
             result = StepResult.model_validate(earlier.result)
             return Executed(result=result, outcome=earlier.outcome, attempt=earlier.attempt)
+        # Heartbeats from its recorded start: a cancel they bring finds the step's end
+        # written whatever comes (`_run`'s `finally`).
+        async with pulse(step.stage):
+            return await self._run(step, streaming, then, attempt, key, relative, pgid_file)
+
+    async def _run(
+        self,
+        step: StepInput,
+        streaming: Streaming | None,
+        then: Link | None,
+        attempt: int,
+        key: str | None,
+        relative: Path,
+        pgid_file: Path,
+    ) -> Executed:
+        path = self.artifacts_dir / relative
         started = time.monotonic()
         # Until the command's own outcome is known, an error here is Pilothouse's: the step
         # did not end, and a replay runs it again rather than answer for it.
@@ -153,7 +157,8 @@ class Steps:
             # Once the start is recorded, its end is too, whatever happens from here; the
             # log comes first, as the end describes it.
             with path.open("wb") as out:
-                if pgid_file.exists():
+                # A stat on the loop, cheaper than a thread's round trip.
+                if pgid_file.exists():  # noqa: ASYNC240
                     await asyncio.to_thread(stop_orphan, pgid_file)
                 if step.diff and step.cwd:
                     locks = self.artifacts_dir / work_trees.LOCKS
@@ -164,7 +169,7 @@ class Steps:
                 else:
                     exit_code, outcome = await self._stream(step, out, pgid_file, streaming)
             if before is not None and step.cwd:
-                patch = relative.parent / "patches" / f"{slug}-{attempt}.patch"
+                patch = relative.parent / "patches" / f"{stage_slug(step.stage)}-{attempt}.patch"
                 try:
                     diff = await work_trees.changes(
                         Path(step.cwd), before, self.artifacts_dir, patch

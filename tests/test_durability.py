@@ -26,6 +26,7 @@ from settings import Settings
 from stack import dev_server_argv
 from store import migrate
 from store.engine import Database
+from store.models import Run
 from store.tokens import Scope
 from temporal_client import connect_within
 from tests.conftest import free_port, make_token, serve
@@ -227,6 +228,15 @@ async def test_a_decision_after_a_server_restart_applies(
         worker.stop()
 
 
+async def run_succeeded(settings: Settings, run_id: str) -> Run:
+    """The run once it succeeded, read from the database of `settings`."""
+    db = Database(settings.db_url)
+    try:
+        return await wait_run(db, run_id, "DONE_SUCCESS", seconds=90)
+    finally:
+        await db.dispose()
+
+
 @pytest.mark.parametrize("step_timeout", [10, None], ids=["short-local", "open-ended"])
 async def test_a_worker_killed_mid_audit_builds_no_phase_again(
     own_stack: tuple[DevServer, Settings], tmp_path: Path, step_timeout: float | None
@@ -260,11 +270,7 @@ async def test_a_worker_killed_mid_audit_builds_no_phase_again(
             await wait_lines(counts / "p2.auditor", 1)
             worker.kill()
             worker.start()
-            db = Database(settings.db_url)
-            try:
-                run = await wait_run(db, "durable-audit", "DONE_SUCCESS", seconds=90)
-            finally:
-                await db.dispose()
+            run = await run_succeeded(settings, "durable-audit")
             assert run.state == "DONE_SUCCESS", run.error
             runs = {f.name: len(f.read_text().splitlines()) for f in counts.iterdir()}
             # Only the auditor that was running when the worker died may run twice.
@@ -308,11 +314,7 @@ async def test_a_worker_killed_mid_phase_finishes_the_run(
                 await asyncio.sleep(0.05)
             worker.kill()
             worker.start()
-            db = Database(settings.db_url)
-            try:
-                run = await wait_run(db, "durable-1", "DONE_SUCCESS", seconds=90)
-            finally:
-                await db.dispose()
+            run = await run_succeeded(settings, "durable-1")
             assert run.state == "DONE_SUCCESS"
             assert 1 <= len(marks.read_text().splitlines()) <= 2
             workspace = settings.data_dir / "workspaces" / "durable-1"

@@ -301,13 +301,7 @@ class PhaseWork(Gated):
         """Run a builder's or auditor's command: its result, also when the command failed
         (a non-zero `exit_code`; the failure carries the result), or why it did not run."""
         try:
-            result: StepResult = await run_step(
-                self,
-                step,
-                heartbeat_timeout_s=run.heartbeat_timeout_seconds,
-                open_ended_s=OPEN_ENDED_S,
-                margin_s=MARGIN_S,
-            )
+            result: StepResult = await run_step(self, step, **_bounds(run))
         except ActivityError as err:
             if is_cancelled_exception(err):
                 raise
@@ -336,9 +330,7 @@ class PhaseWork(Gated):
                     files_changed_env=FILES_CHANGED,
                     token_room=max(0, self.cap - self.tokens),
                 ),
-                heartbeat_timeout_s=run.heartbeat_timeout_seconds,
-                open_ended_s=OPEN_ENDED_S,
-                margin_s=MARGIN_S,
+                **_bounds(run),
             )
         except ActivityError as err:
             if is_cancelled_exception(err):
@@ -482,3 +474,12 @@ class PhaseWork(Gated):
             self.defer(fact)
         else:
             await self.record("records.transition", fact)
+
+
+def _bounds(run: RunInput) -> dict[str, float]:
+    """How long a builder's or auditor's activity may go without a heartbeat, and run."""
+    return {
+        "heartbeat_timeout_s": run.heartbeat_timeout_seconds,
+        "open_ended_s": OPEN_ENDED_S,
+        "margin_s": MARGIN_S,
+    }

@@ -43,8 +43,12 @@ SERIES = "short-steps-run-in-series"
 ORDINARY_SERIES = "steps-run-in-series-in-ordinary-activities"
 # What the steps of an ordinary series may weigh together: its input goes to Temporal's
 # server, which warns past 512 KiB and refuses past 2 MiB (a job's steps each carry its
-# params twice). A local activity's input stays in the worker.
+# params twice). A local activity's input stays in the worker. The weight decides where a
+# series ends, as the workflow replays too: a change to what a step's input holds can
+# move that end for a history near the bound, and wants a patch of its own.
 SERIES_BYTES = 256 * 1024
+# The steps of a series whose worker losses add to its attempts (minutes of backoff).
+MAX_LOST_STEPS = 5
 
 
 def is_short(step: StepInput) -> bool:
@@ -135,8 +139,10 @@ async def run_series(
     local = all(is_short(s) for s in steps) and owner.may_hold_task()
     shortness = "short steps" if local else "steps"
     summary = f"{steps[0].stage} … {steps[-1].stage} ({len(steps)} {shortness})"
-    # Each step may lose its worker as a step alone may, without failing the others.
-    options = _options(limit + margin_s, 1 + WORKER_LOSSES * len(steps), summary)
+    # Each step may lose its worker as a step alone may, without failing the others; up to
+    # a point, as an error of Pilothouse's own (a database away) is retried as often.
+    losses = WORKER_LOSSES * min(len(steps), MAX_LOST_STEPS)
+    options = _options(limit + margin_s, 1 + losses, summary)
     if not local:
         options["heartbeat_timeout"] = timedelta(seconds=heartbeat_timeout_s)
     result: SeriesResult = await owner.carrying(
