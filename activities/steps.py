@@ -1,13 +1,14 @@
 """The step executor: the one activity that runs a command for any workflow family.
 
-The command runs in its own process group (activities/processes.py: heartbeats, the kill
-on a cancel or the timeout), with its output going to an artifact file.
+The command runs in its own process group (activities/processes.py: the kill on a cancel
+or the timeout), with its output going to an artifact file; while it is handled, the
+activity heartbeats (activities/heartbeats.py).
 
 Jobs and runs use `steps.run` (or `steps.run_series`, several steps in one activity), whose
-output goes straight to the file. Other activities
-(the agent adapter) call `Steps.execute` with a `Streaming`: the output is then read line
-by line, written to the same file and handed to a `LineSink`, and a watchdog stops a
-command that prints nothing for a while. Either way the failure is theirs to judge.
+output goes straight to the file. Other activities (the agent adapter) call
+`Steps.execute` with a `Streaming`: the output is then read line by line, written to the
+same file and handed to a `LineSink`, and a watchdog stops a command that prints nothing
+for a while. Either way the failure is theirs to judge.
 """
 
 from __future__ import annotations
