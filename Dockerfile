@@ -7,7 +7,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends git \
     && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md ./
 COPY cli.py operator_file.py settings.py stack.py strict.py telegram_bot.py temporal_client.py \
-    worker.py ./
+    worker.py workflow_runner.py ./
 COPY api ./api
 COPY store ./store
 COPY workflows ./workflows

@@ -32,6 +32,7 @@ from activities.workspaces import Workspaces
 from settings import Settings
 from store.engine import Database
 from temporal_client import connect_within
+from workflow_runner import runner_for
 from workflows import attributes
 from workflows.approvals import ApprovalWorkflow
 from workflows.jobs import JobWorkflow
@@ -81,6 +82,7 @@ def build_worker(client: Client, db: Database, settings: Settings) -> Worker:
         task_queue=settings.task_queue,
         workflows=list(WORKFLOWS),
         activities=activities(db, settings),
+        workflow_runner=runner_for(client.data_converter),
         graceful_shutdown_timeout=timedelta(seconds=10),
         # A cancel reaches an activity in the answer to its heartbeat. One without a
         # heartbeat timeout (a clone, a push) would send one only every 30 s, the SDK's

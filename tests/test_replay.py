@@ -13,6 +13,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from tests.jobs_helpers import GATE, create_job, stage, wait_state
+from workflow_runner import runner_for
 from workflows.approvals import ApprovalWorkflow
 from workflows.jobs import JobWorkflow
 from workflows.runs import RunWorkflow
@@ -22,6 +23,8 @@ HISTORIES = Path(__file__).parent / "histories"
 REPLAYER = Replayer(
     workflows=[JobWorkflow, ApprovalWorkflow, RunWorkflow, TaskWorkflow],
     data_converter=pydantic_data_converter,
+    # As the worker runs them (worker.build_worker).
+    workflow_runner=runner_for(pydantic_data_converter),
 )
 
 
