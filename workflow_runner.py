@@ -5,10 +5,10 @@ every completion, which serialization context and which external-store target it
 six passes over the payloads, each answer an `exec` inside the sandbox. Those answers
 serve only the payload codec and external storage; the payload and failure converters get
 their contexts inside the instance. With no codec that reads a context and no external
-storage, every answer leads to the same converter, at about 1.7 ms of the worker's CPU on
-the workflow task that takes an executor's result and starts the next step (0.4 ms on a
-bare workflow's). `ContextFreeRunner` answers outside the sandbox then; the workflow code
-still runs in it.
+storage, every answer leads to the same converter; asking cost about 1.7 ms of the
+worker's CPU on the workflow task that takes an executor's result and starts the next step
+(0.4 ms on a bare workflow's). `ContextFreeRunner` answers outside the sandbox then; the
+workflow code still runs in it.
 """
 
 from __future__ import annotations
