@@ -43,7 +43,7 @@ def is_postgres(session: AsyncSession) -> bool:
 # `.values(...)` anew cost about as much as running the statement, on paths every step takes.
 async def insert(session: AsyncSession, table: type[SQLModel], values: dict[str, Any]) -> None:
     """INSERT a row of `values` into `table`, in the caller's transaction."""
-    await session.exec(_insert(table), params=_known(table, values))
+    await session.exec(_insert(table), params=checked(table, values))
 
 
 async def insert_many(
@@ -53,7 +53,7 @@ async def insert_many(
     statement takes its columns from the first row."""
     if not rows:
         return
-    await session.exec(_insert(table), params=[_known(table, values) for values in rows])
+    await session.exec(_insert(table), params=[checked(table, values) for values in rows])
 
 
 async def insert_new(
@@ -62,7 +62,7 @@ async def insert_new(
     """INSERT a row unless one with the same `keys` is there; whether it was added (by
     RETURNING, which says so on both databases where rowcount did not on PostgreSQL)."""
     statement = _insert_new(table, is_postgres(session), keys)
-    added = await session.exec(statement, params=_known(table, values))
+    added = await session.exec(statement, params=checked(table, values))
     return added.first() is not None
 
 
@@ -74,10 +74,10 @@ async def update(
     if not values:
         return
     params = {f"where_{key}": value for key, value in where.items()}
-    await session.exec(_update(table, tuple(where)), params=params | _known(table, values))
+    await session.exec(_update(table, tuple(where)), params=params | checked(table, values))
 
 
-def _known(table: type[SQLModel], values: dict[str, Any]) -> dict[str, Any]:
+def checked(table: type[SQLModel], values: dict[str, Any]) -> dict[str, Any]:
     # A statement run with parameters ignores keys that name no column; a typo must fail.
     unknown = values.keys() - _column_names(table)
     if unknown:

@@ -36,6 +36,7 @@ import logging
 import re
 import sqlite3
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -331,6 +332,18 @@ class _Connection(AsyncAdapt_aiosqlite_connection):
             super().terminate()
         finally:
             self.end_turn()
+
+
+def is_own(connection: Any) -> bool:
+    """Whether a pooled connection's DBAPI connection is this module's."""
+    return isinstance(connection, _Connection)
+
+
+async def write(connection: Any, operation: str, parameters: Sequence[Any]) -> None:
+    """Run a write on `connection` (`is_own`) as SQLAlchemy's execute would reach it here:
+    in its transaction and this engine's writer turn, on the loop unless another process
+    holds SQLite's lock."""
+    await _Cursor(connection)._trip(False, operation, parameters)
 
 
 class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):

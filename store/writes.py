@@ -16,7 +16,7 @@ from typing import Any, Unpack
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from store import events, resources
+from store import events, resources, sqlite_writes
 from store.engine import Database
 from store.events import EventFields
 
@@ -52,8 +52,12 @@ class Writes:
 
     async def flush(self) -> None:
         rows, self._rows = self._rows, {}
+        direct = await sqlite_writes.direct_updates(self.session) if rows else None
         for (table, where), values in rows.items():
-            await resources.update(self.session, table, dict(where), values)
+            if direct is not None:
+                await direct.update(table, dict(where), values)
+            else:
+                await resources.update(self.session, table, dict(where), values)
         held, self._events = self._events, []
         await events.append_many(self.session, held)
 

@@ -16,11 +16,12 @@ from alembic.migration import MigrationContext
 from sqlmodel import SQLModel, select
 
 from settings import Settings
-from store import events, migrate, resources
+from store import events, migrate, resources, sqlite_writes
 from store.engine import BUSY_TIMEOUT_S, Database, sync_url
 from store.models import Event, StepRun, Token, utcnow
 from store.sqlite_driver import CHECKPOINT_BYTES, SQLITE_CHECKPOINT_PAGES
 from store.tokens import Scope, create_token
+from store.writes import written
 
 
 def test_migrations_match_the_models(settings: Settings) -> None:
@@ -94,6 +95,48 @@ async def test_plain_statements_write_what_they_are_given_and_refuse_unknown_col
     assert stored is not None and (stored.outcome, stored.result) == ("succeeded", result)
     assert stored.created_at == started
     assert event.payload == {"a": [1]} and event.stage is None
+
+
+async def test_a_flush_stores_what_sqlalchemys_update_stores(db: Database) -> None:
+    """On SQLite, `Writes` runs its UPDATEs on the connection itself (store/sqlite_writes.py)
+    with each column type's own conversion: a row updated that way holds what the same
+    update through SQLAlchemy gives its twin, JSON's null and times included, and a value a
+    column refuses fails as SQLAlchemy's error. PostgreSQL takes SQLAlchemy's way."""
+    started = utcnow()
+    row = {"attempt": 1, "resource_id": "r", "outcome": "started", "result": {"a": 1}}
+    changes: list[dict[str, Any]] = [
+        {"outcome": "succeeded", "result": {"tail": ["ok", "é"], "n": 2.5, "none": None}},
+        {"result": None, "created_at": started},
+        {"resource_id": "r2", "outcome": "failed"},
+    ]
+    async with db.session() as session:
+        for key in ("direct", "sqlalchemy"):
+            await resources.insert(session, StepRun, row | {"key": key, "created_at": started})
+        await session.commit()
+    for values in changes:
+        async with db.session() as session:
+            async with written(session) as writes:
+                writes.update(StepRun, {"key": "direct", "attempt": 1}, values)
+            await resources.update(session, StepRun, {"key": "sqlalchemy", "attempt": 1}, values)
+            await session.commit()
+    async with db.session() as session:
+        direct = await sqlite_writes.direct_updates(session)
+        assert (direct is not None) == db.url.startswith("sqlite")
+        stored = (
+            await session.exec(
+                sa.text("SELECT * FROM step_runs ORDER BY key")  # type: ignore[call-overload]
+            )
+        ).all()
+        with pytest.raises(sa.exc.IntegrityError):  # outcome is NOT NULL
+            async with written(session) as writes:
+                writes.update(StepRun, {"key": "direct", "attempt": 1}, {"outcome": None})
+    direct_row, sqlalchemy_row = (dict(r._mapping) for r in stored)
+    assert direct_row.pop("key") == "direct" and sqlalchemy_row.pop("key") == "sqlalchemy"
+    assert direct_row == sqlalchemy_row
+    async with db.session() as session:
+        kept = await session.get(StepRun, ("direct", 1))
+    assert kept is not None and kept.result is None and kept.created_at == started
+    assert (kept.resource_id, kept.outcome) == ("r2", "failed")
 
 
 @pytest.fixture
