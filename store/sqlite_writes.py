@@ -6,8 +6,9 @@ runs three. On SQLite with `sqlite_driver`'s connection, a flush gives its UPDAT
 that connection's cursor instead: the same transaction and writer turn, the same handling
 of a lock held by another process, and the values converted by each column type's own
 `bind_processor`, as SQLAlchemy converts them. Anywhere else the caller runs them as
-usual. An UPDATE takes no column defaults (these tables have no `onupdate`), so nothing
-SQLAlchemy would add is missing.
+usual. An UPDATE takes no column defaults (these tables have no `onupdate`, which
+`_update_sql` asserts), so nothing SQLAlchemy would add is missing. What it does not see:
+SQLAlchemy's engine events and echo, which these UPDATEs go past.
 """
 
 from __future__ import annotations
@@ -41,14 +42,19 @@ class DirectUpdates:
             return
         values = resources.checked(table, values)
         sql = _update_sql(self._dialect, table, tuple(where), tuple(values))
-        params = [
-            _converted(self._dialect, table, name, value)
-            for name, value in (*values.items(), *where.items())
-        ]
+        given = [*values.values(), *where.values()]
+        # Errors as SQLAlchemy raises them, so callers and logs see one kind: a value its
+        # column refuses (a naive time, what JSON cannot hold), then the database's own.
+        try:
+            params = [
+                _converted(self._dialect, table, name, value)
+                for name, value in (*values.items(), *where.items())
+            ]
+        except (ValueError, TypeError) as exc:
+            raise sa.exc.StatementError(str(exc), sql, given, exc) from exc
         try:
             await sqlite_driver.write(self._connection, sql, params)
         except sqlite3.Error as exc:
-            # As SQLAlchemy would have raised it: callers and logs see one kind of error.
             raise sa.exc.DBAPIError.instance(sql, params, exc, sqlite3.Error) from exc
 
 
@@ -64,12 +70,16 @@ async def direct_updates(session: AsyncSession) -> DirectUpdates | None:
     return DirectUpdates(connection, dialect)
 
 
-@functools.cache
+# Bounded: each engine has its own dialect (a process has one; tests make many).
+@functools.lru_cache(maxsize=512)
 def _update_sql(
     dialect: Dialect, table: type[SQLModel], keys: tuple[str, ...], columns: tuple[str, ...]
 ) -> str:
+    core = resources.core(table)
+    # SQLAlchemy would add an `onupdate` column's value to the SET; this does not.
+    assert all(c.onupdate is None and c.server_onupdate is None for c in core.columns), core
     quote = dialect.identifier_preparer.quote
-    name = quote(resources.core(table).name)
+    name = quote(core.name)
     sets = ", ".join(f"{quote(c)} = ?" for c in columns)
     wheres = " AND ".join(f"{quote(k)} = ?" for k in keys)
     return f"UPDATE {name} SET {sets} WHERE {wheres}"
@@ -81,7 +91,7 @@ def _converted(dialect: Dialect, table: type[SQLModel], column: str, value: Any)
     return value if convert is None else convert(value)
 
 
-@functools.cache
+@functools.lru_cache(maxsize=2048)
 def _processor(dialect: Dialect, table: type[SQLModel], column: str) -> Callable[[Any], Any] | None:
     kind = resources.core(table).c[column].type
     processor: Callable[[Any], Any] | None = kind.dialect_impl(dialect).bind_processor(dialect)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,8 @@ async def test_a_flush_stores_what_sqlalchemys_update_stores(db: Database) -> No
     row = {"attempt": 1, "resource_id": "r", "outcome": "started", "result": {"a": 1}}
     changes: list[dict[str, Any]] = [
         {"outcome": "succeeded", "result": {"tail": ["ok", "é"], "n": 2.5, "none": None}},
-        {"result": None, "created_at": started},
+        # Another offset than UTC: the column's own conversion (UTCDateTime) must run.
+        {"result": None, "created_at": started.astimezone(timezone(timedelta(hours=2)))},
         {"resource_id": "r2", "outcome": "failed"},
     ]
     async with db.session() as session:
@@ -130,6 +132,11 @@ async def test_a_flush_stores_what_sqlalchemys_update_stores(db: Database) -> No
         with pytest.raises(sa.exc.IntegrityError):  # outcome is NOT NULL
             async with written(session) as writes:
                 writes.update(StepRun, {"key": "direct", "attempt": 1}, {"outcome": None})
+        await session.rollback()
+        with pytest.raises(sa.exc.StatementError, match="naive datetime"):
+            async with written(session) as writes:
+                naive = started.replace(tzinfo=None)
+                writes.update(StepRun, {"key": "direct", "attempt": 1}, {"created_at": naive})
     direct_row, sqlalchemy_row = (dict(r._mapping) for r in stored)
     assert direct_row.pop("key") == "direct" and sqlalchemy_row.pop("key") == "sqlalchemy"
     assert direct_row == sqlalchemy_row
