@@ -67,10 +67,9 @@ async def append_many(session: AsyncSession, rows: list[dict[str, Any]]) -> None
         conn = await session.connection()
         for owner in owners:  # sorted: two calls on the same resources lock them alike
             await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:r))"), {"r": owner})
-    now = utcnow()
     # A plain INSERT built once: the ORM's unit of work costs more than the statement on
     # this path, which every step takes twice.
-    await resources.insert_many(session, Event, [r | {"created_at": now} for r in rows])
+    await resources.insert_many(session, Event, stamped(rows))
     if postgres:
         # Delivered at commit, so it may precede the insert in the transaction.
         for owner in owners:
@@ -78,6 +77,12 @@ async def append_many(session: AsyncSession, rows: list[dict[str, Any]]) -> None
                 sa.text("SELECT pg_notify(:channel, :resource)"),
                 {"channel": CHANNEL, "resource": owner},
             )
+
+
+def stamped(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`row`s as they are written: with the time, one for all."""
+    now = utcnow()
+    return [r | {"created_at": now} for r in rows]
 
 
 async def after(

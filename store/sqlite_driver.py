@@ -94,24 +94,32 @@ def _run(connection: sqlite3.Connection, many: bool, operation: str, parameters:
         cursor.close()
 
 
+# A statement as this module runs it: (SQL, parameters, whether they are many rows).
+Statement = tuple[str, Any, bool]
+
+
+def _run_all(connection: sqlite3.Connection, statements: Sequence[Statement]) -> _Ran:
+    """Statements in order, in one call; what the last one returned."""
+    ran = _Ran(None, -1, None, [])
+    for operation, parameters, many in statements:
+        ran = _run(connection, many, operation, parameters)
+    return ran
+
+
 def _run_now(
-    connection: sqlite3.Connection,
-    many: bool,
-    operation: str,
-    parameters: Any,
-    busy_ms: int,
-    *,
-    first: bool,
+    connection: sqlite3.Connection, statements: Sequence[Statement], busy_ms: int, *, first: bool
 ) -> _Ran | None:
-    """On the event loop: a write, or None when another process holds SQLite's lock. A
+    """On the event loop: writes, or None when another process holds SQLite's lock. A
     write that cannot lock wrote nothing; as its transaction's first write it also let go
     of its read snapshot, so the retry on the thread, with the busy timeout, waits as it
     would have. Later writes hold the lock already: only the `first` runs with a busy
-    timeout of 0."""
+    timeout of 0, and only the first statement of a batch may come back as busy, never
+    one after a write that took effect."""
+    (operation, parameters, many), rest = statements[0], statements[1:]
     if first:
         connection.execute("PRAGMA busy_timeout=0")
     try:
-        return _run(connection, many, operation, parameters)
+        ran = _run(connection, many, operation, parameters)
     except sqlite3.OperationalError as exc:
         if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
             return None
@@ -119,6 +127,7 @@ def _run_now(
     finally:
         if first:
             connection.execute(f"PRAGMA busy_timeout={busy_ms}")
+    return _run_all(connection, rest) if rest else ran
 
 
 # SQLite's own checkpoint (every 1000 pages, ~4 MB) copies the log into the database and
@@ -195,15 +204,16 @@ class _Cursor(AsyncAdapt_aiosqlite_cursor):
         self._rows = collections.deque()
 
     async def _execute_async(self, operation: Any, parameters: Any) -> Any:
-        return await self._trip(False, operation, parameters)
+        return await self._trip([(operation, parameters, False)])
 
     async def _executemany_async(self, operation: Any, seq_of_parameters: Any) -> Any:
-        return await self._trip(True, operation, seq_of_parameters)
+        return await self._trip([(operation, seq_of_parameters, True)])
 
-    async def _trip(self, many: bool, operation: Any, parameters: Any) -> _Ran:
+    async def _trip(self, statements: Sequence[Statement]) -> _Ran:
+        """Statements of one kind, reads or writes, in one go."""
         adapted: Any = self._adapt_connection
         connection: Any = self._connection
-        write = _WRITES.match(operation) is not None
+        write = _WRITES.match(statements[0][0]) is not None
         # The transaction's first write: the ones after it hold SQLite's lock already.
         first = write and adapted.turn is None
         if first:
@@ -213,13 +223,9 @@ class _Cursor(AsyncAdapt_aiosqlite_cursor):
                 ran = None
                 if write:
                     busy_ms = adapted.setup().busy_ms
-                    ran = _run_now(
-                        connection._conn, many, operation, parameters, busy_ms, first=first
-                    )
+                    ran = _run_now(connection._conn, statements, busy_ms, first=first)
                 if ran is None:
-                    ran = await connection._execute(
-                        _run, connection._conn, many, operation, parameters
-                    )
+                    ran = await connection._execute(_run_all, connection._conn, statements)
         finally:
             if not adapted.in_transaction():
                 adapted.end_turn()  # a statement outside a transaction, or a failed BEGIN
@@ -339,11 +345,12 @@ def is_own(connection: Any) -> bool:
     return isinstance(connection, _Connection)
 
 
-async def write(connection: Any, operation: str, parameters: Sequence[Any]) -> None:
-    """Run a write on `connection` (`is_own`) as SQLAlchemy's execute would reach it here:
-    in its transaction and this engine's writer turn, on the loop unless another process
-    holds SQLite's lock."""
-    await _Cursor(connection)._trip(False, operation, parameters)
+async def write(connection: Any, statements: Sequence[Statement]) -> None:
+    """Run writes on `connection` (`is_own`) as SQLAlchemy's execute would reach it here,
+    all in one go: in its transaction and this engine's writer turn, on the loop unless
+    another process holds SQLite's lock."""
+    assert statements and all(_WRITES.match(s[0]) for s in statements), statements
+    await _Cursor(connection)._trip(statements)
 
 
 class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):

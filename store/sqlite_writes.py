@@ -1,14 +1,17 @@
-"""A `Writes` flush's row updates on SQLite, run by this project's driver directly.
+"""A `Writes` flush on SQLite, run by this project's driver directly, in one go.
 
-SQLAlchemy spends ~0.2 ms executing each prebuilt UPDATE here (its execution context, the
-statement's cache key, the result), where SQLite takes 0.02 to 0.1 ms; a step's start record
-runs three. On SQLite with `sqlite_driver`'s connection, a flush gives its UPDATEs to
-that connection's cursor instead: the same transaction and writer turn, the same handling
-of a lock held by another process, and the values converted by each column type's own
-`bind_processor`, as SQLAlchemy converts them. Anywhere else the caller runs them as
-usual. An UPDATE takes no column defaults (these tables have no `onupdate`, which
-`_update_sql` asserts), so nothing SQLAlchemy would add is missing. What it does not see:
-SQLAlchemy's engine events and echo, which these UPDATEs go past.
+SQLAlchemy spends ~0.2 ms executing each prebuilt statement here (its execution context,
+the statement's cache key, the result), where SQLite takes 0.02 to 0.1 ms; a step's start
+record runs three UPDATEs and an INSERT. On SQLite with `sqlite_driver`'s connection, a
+flush gives its row updates and its events' INSERT to that connection as one batch
+instead: the same transaction and writer turn, the same handling of a lock held by
+another process, and the values converted by each column type's own `bind_processor`, as
+SQLAlchemy converts them. Anywhere else the caller runs them as usual.
+
+Nothing SQLAlchemy would add is missing: an UPDATE takes no column defaults (these tables
+have no `onupdate`, which `_update_sql` asserts), and an INSERT names every column but
+its autoincrement key (`_insert_sql` asserts it). What it does not see: SQLAlchemy's
+engine events and echo, which these statements go past.
 """
 
 from __future__ import annotations
@@ -26,40 +29,58 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from store import resources, sqlite_driver
 
 
-class DirectUpdates:
-    """UPDATEs on the session's SQLite connection, in its transaction."""
+class DirectWrites:
+    """Writes on the session's SQLite connection, in its transaction, built one by one
+    and run together."""
 
     def __init__(self, connection: Any, dialect: Dialect) -> None:
         self._connection = connection
         self._dialect = dialect
+        self._statements: list[sqlite_driver.Statement] = []
 
-    async def update(
-        self, table: type[SQLModel], where: dict[str, Any], values: dict[str, Any]
-    ) -> None:
+    def update(self, table: type[SQLModel], where: dict[str, Any], values: dict[str, Any]) -> None:
         """As `resources.update`: SET `values` where each column of `where` equals its
         value; no values, no statement."""
         if not values:
             return
         values = resources.checked(table, values)
         sql = _update_sql(self._dialect, table, tuple(where), tuple(values))
-        given = [*values.values(), *where.values()]
+        pairs = [*values.items(), *where.items()]
+        self._statements.append((sql, self._row(sql, table, pairs), False))
+
+    def insert_many(self, table: type[SQLModel], rows: list[dict[str, Any]]) -> None:
+        """As `resources.insert_many`: rows with the same columns, every one but the
+        autoincrement key."""
+        if not rows:
+            return
+        columns = tuple(resources.checked(table, rows[0]))
+        sql = _insert_sql(self._dialect, table, columns)
+        params = [self._row(sql, table, [(c, row[c]) for c in columns]) for row in rows]
+        self._statements.append((sql, params, True))
+
+    async def run(self) -> None:
+        """Everything built so far, in the order it was built."""
+        statements, self._statements = self._statements, []
+        if not statements:
+            return
+        try:
+            await sqlite_driver.write(self._connection, statements)
+        except sqlite3.Error as exc:
+            sql = ";\n".join(s[0] for s in statements)
+            params = [s[1] for s in statements]
+            raise sa.exc.DBAPIError.instance(sql, params, exc, sqlite3.Error) from exc
+
+    def _row(self, sql: str, table: type[SQLModel], pairs: list[tuple[str, Any]]) -> list[Any]:
         # Errors as SQLAlchemy raises them, so callers and logs see one kind: a value its
         # column refuses (a naive time, what JSON cannot hold), then the database's own.
         try:
-            params = [
-                _converted(self._dialect, table, name, value)
-                for name, value in (*values.items(), *where.items())
-            ]
+            return [_converted(self._dialect, table, c, v) for c, v in pairs]
         except (ValueError, TypeError) as exc:
-            raise sa.exc.StatementError(str(exc), sql, given, exc) from exc
-        try:
-            await sqlite_driver.write(self._connection, sql, params)
-        except sqlite3.Error as exc:
-            raise sa.exc.DBAPIError.instance(sql, params, exc, sqlite3.Error) from exc
+            raise sa.exc.StatementError(str(exc), sql, [v for _, v in pairs], exc) from exc
 
 
-async def direct_updates(session: AsyncSession) -> DirectUpdates | None:
-    """Direct updates on `session`'s connection, when it is `sqlite_driver`'s; else None."""
+async def direct_writes(session: AsyncSession) -> DirectWrites | None:
+    """Direct writes on `session`'s connection, when it is `sqlite_driver`'s; else None."""
     dialect = session.get_bind().dialect
     if dialect.name != "sqlite":
         return None
@@ -67,7 +88,7 @@ async def direct_updates(session: AsyncSession) -> DirectUpdates | None:
     connection = raw.dbapi_connection
     if not sqlite_driver.is_own(connection):
         return None  # the stock adapter (sqlite_driver.usable() said no)
-    return DirectUpdates(connection, dialect)
+    return DirectWrites(connection, dialect)
 
 
 # Bounded: each engine has its own dialect (a process has one; tests make many).
@@ -79,10 +100,21 @@ def _update_sql(
     # SQLAlchemy would add an `onupdate` column's value to the SET; this does not.
     assert all(c.onupdate is None and c.server_onupdate is None for c in core.columns), core
     quote = dialect.identifier_preparer.quote
-    name = quote(core.name)
     sets = ", ".join(f"{quote(c)} = ?" for c in columns)
     wheres = " AND ".join(f"{quote(k)} = ?" for k in keys)
-    return f"UPDATE {name} SET {sets} WHERE {wheres}"
+    return f"UPDATE {quote(core.name)} SET {sets} WHERE {wheres}"
+
+
+@functools.lru_cache(maxsize=512)
+def _insert_sql(dialect: Dialect, table: type[SQLModel], columns: tuple[str, ...]) -> str:
+    core = resources.core(table)
+    # SQLAlchemy would fill a missing column's default; this names them all instead.
+    missing = {c.name for c in core.columns if c is not core.autoincrement_column} - set(columns)
+    assert not missing, (core, missing)
+    quote = dialect.identifier_preparer.quote
+    names = ", ".join(quote(c) for c in columns)
+    marks = ", ".join("?" for _ in columns)
+    return f"INSERT INTO {quote(core.name)} ({names}) VALUES ({marks})"
 
 
 def _converted(dialect: Dialect, table: type[SQLModel], column: str, value: Any) -> Any:

@@ -19,6 +19,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from store import events, resources, sqlite_writes
 from store.engine import Database
 from store.events import EventFields
+from store.models import Event
 
 RowKey = tuple[type[SQLModel], tuple[tuple[str, Any], ...]]
 
@@ -52,13 +53,16 @@ class Writes:
 
     async def flush(self) -> None:
         rows, self._rows = self._rows, {}
-        direct = await sqlite_writes.direct_updates(self.session) if rows else None
-        for (table, where), values in rows.items():
-            if direct is not None:
-                await direct.update(table, dict(where), values)
-            else:
-                await resources.update(self.session, table, dict(where), values)
         held, self._events = self._events, []
+        direct = await sqlite_writes.direct_writes(self.session) if rows or held else None
+        if direct is not None:
+            for (table, where), values in rows.items():
+                direct.update(table, dict(where), values)
+            direct.insert_many(Event, events.stamped(held))
+            await direct.run()
+            return
+        for (table, where), values in rows.items():
+            await resources.update(self.session, table, dict(where), values)
         await events.append_many(self.session, held)
 
 

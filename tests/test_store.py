@@ -98,11 +98,12 @@ async def test_plain_statements_write_what_they_are_given_and_refuse_unknown_col
     assert event.payload == {"a": [1]} and event.stage is None
 
 
-async def test_a_flush_stores_what_sqlalchemys_update_stores(db: Database) -> None:
-    """On SQLite, `Writes` runs its UPDATEs on the connection itself (store/sqlite_writes.py)
-    with each column type's own conversion: a row updated that way holds what the same
-    update through SQLAlchemy gives its twin, JSON's null and times included, and a value a
-    column refuses fails as SQLAlchemy's error. PostgreSQL takes SQLAlchemy's way."""
+async def test_a_flush_stores_what_sqlalchemy_stores(db: Database) -> None:
+    """On SQLite, `Writes` runs its UPDATEs and its events' INSERT on the connection itself
+    (store/sqlite_writes.py) with each column type's own conversion: a row updated that way
+    holds what the same update through SQLAlchemy gives its twin, JSON's null and times
+    included, and so does an event; a value a column refuses fails as SQLAlchemy's error,
+    and a batch that fails leaves nothing written. PostgreSQL takes SQLAlchemy's way."""
     started = utcnow()
     row = {"attempt": 1, "resource_id": "r", "outcome": "started", "result": {"a": 1}}
     changes: list[dict[str, Any]] = [
@@ -115,23 +116,36 @@ async def test_a_flush_stores_what_sqlalchemys_update_stores(db: Database) -> No
         for key in ("direct", "sqlalchemy"):
             await resources.insert(session, StepRun, row | {"key": key, "created_at": started})
         await session.commit()
-    for values in changes:
+    for n, values in enumerate(changes):
+        said: events.EventFields = {
+            "stage": None if n else "s",
+            "payload": {"n": n, "é": None},
+            "final": n == 2,
+        }
         async with db.session() as session:
             async with written(session) as writes:
                 writes.update(StepRun, {"key": "direct", "attempt": 1}, values)
+                writes.event("job", "direct", "t", **said)
+                writes.event("job", "direct", "u", message="second")
             await resources.update(session, StepRun, {"key": "sqlalchemy", "attempt": 1}, values)
+            await events.append_many(
+                session,
+                [
+                    events.row("job", "sqlalchemy", "t", **said),
+                    events.row("job", "sqlalchemy", "u", message="second"),
+                ],
+            )
             await session.commit()
     async with db.session() as session:
-        direct = await sqlite_writes.direct_updates(session)
+        direct = await sqlite_writes.direct_writes(session)
         assert (direct is not None) == db.url.startswith("sqlite")
-        stored = (
-            await session.exec(
-                sa.text("SELECT * FROM step_runs ORDER BY key")  # type: ignore[call-overload]
-            )
-        ).all()
+        stored = (await session.exec(sa.text("SELECT * FROM step_runs ORDER BY key"))).all()  # type: ignore[call-overload]
+        logged = (await session.exec(sa.text("SELECT * FROM events ORDER BY id"))).all()  # type: ignore[call-overload]
         with pytest.raises(sa.exc.IntegrityError):  # outcome is NOT NULL
             async with written(session) as writes:
+                writes.update(StepRun, {"key": "sqlalchemy", "attempt": 1}, {"outcome": "lost"})
                 writes.update(StepRun, {"key": "direct", "attempt": 1}, {"outcome": None})
+                writes.event("job", "direct", "lost")
         await session.rollback()
         with pytest.raises(sa.exc.StatementError, match="naive datetime"):
             async with written(session) as writes:
@@ -140,10 +154,21 @@ async def test_a_flush_stores_what_sqlalchemys_update_stores(db: Database) -> No
     direct_row, sqlalchemy_row = (dict(r._mapping) for r in stored)
     assert direct_row.pop("key") == "direct" and sqlalchemy_row.pop("key") == "sqlalchemy"
     assert direct_row == sqlalchemy_row
+    by_owner: dict[str, list[dict[str, Any]]] = {"direct": [], "sqlalchemy": []}
+    for r in logged:
+        event = dict(r._mapping)
+        del event["id"]
+        # Stamped at each flush: the same form, not the same instant.
+        event["created_at"] = len(str(event["created_at"]))
+        by_owner[event.pop("resource_id")].append(event)
+    assert len(by_owner["direct"]) == 6 and by_owner["direct"] == by_owner["sqlalchemy"]
     async with db.session() as session:
         kept = await session.get(StepRun, ("direct", 1))
+        twin = await session.get(StepRun, ("sqlalchemy", 1))
+        count = await events.count(session, "direct")
     assert kept is not None and kept.result is None and kept.created_at == started
     assert (kept.resource_id, kept.outcome) == ("r2", "failed")
+    assert twin is not None and twin.outcome == "failed" and count == 6
 
 
 @pytest.fixture
@@ -184,7 +209,7 @@ async def test_sqlite_statements_take_one_trip_each_and_keep_their_results(
         await session.commit()
     assert changed.rowcount == 2
     assert sorted(found) == [("j0", "t"), ("j1", "u"), ("j2", "u")]
-    assert trips == ["_run"]  # the read; the writes and the commit run on the loop
+    assert trips == ["_run_all"]  # the read; the writes and the commit run on the loop
     trips.clear()
     async with sqlite_db.session() as session:
         with pytest.raises(sa.exc.IntegrityError):
@@ -321,6 +346,22 @@ async def test_a_sqlite_write_that_meets_another_process_lock_waits_off_the_loop
             await session.commit()
         async with db.session() as session:
             assert (await session.exec(select(StepRun.key))).all() == ["k"]
+        # A flush's batch (sqlite_writes) waits the same way, and runs once, whole.
+        other.execute("BEGIN IMMEDIATE")
+
+        async def flush() -> None:
+            async with db.session() as session, written(session) as writes:
+                writes.update(StepRun, {"key": "k", "attempt": 1}, {"outcome": "succeeded"})
+                writes.event("job", "r", "stage_finished")
+
+        flushing = asyncio.create_task(flush())
+        await asyncio.sleep(0.3)
+        assert not flushing.done()
+        other.execute("ROLLBACK")
+        await flushing
+        async with db.session() as session:
+            assert (await session.exec(select(StepRun.outcome))).all() == ["succeeded"]
+            assert await events.count(session, "r") == 1
         # With the lock free, writes take the loop's way: the first of a transaction with
         # a busy timeout of 0 (the next hold the lock), which goes back to the connection's
         # own after it, whatever the writers' turns wait.
