@@ -9,8 +9,8 @@ another process, and the values converted by each column type's own `bind_proces
 SQLAlchemy converts them. Anywhere else the caller runs them as usual.
 
 Nothing SQLAlchemy would add is missing: an UPDATE takes no column defaults (these tables
-have no `onupdate`, which `_update_sql` asserts), and an INSERT names every column but
-its autoincrement key (`_insert_sql` asserts it). What it does not see: SQLAlchemy's
+have no `onupdate`, which `_update_sql` checks), and an INSERT names every column but
+its autoincrement key (`_insert_sql` checks it). What it does not see: SQLAlchemy's
 engine events and echo, which these statements go past.
 """
 
@@ -55,6 +55,9 @@ class DirectWrites:
             return
         columns = tuple(resources.checked(table, rows[0]))
         sql = _insert_sql(self._dialect, table, columns)
+        for row in rows[1:]:
+            if row.keys() != rows[0].keys():
+                raise ValueError(f"{table.__tablename__}: rows name other columns than the first")
         params = [self._row(sql, table, [(c, row[c]) for c in columns]) for row in rows]
         self._statements.append((sql, params, True))
 
@@ -98,7 +101,8 @@ def _update_sql(
 ) -> str:
     core = resources.core(table)
     # SQLAlchemy would add an `onupdate` column's value to the SET; this does not.
-    assert all(c.onupdate is None and c.server_onupdate is None for c in core.columns), core
+    if any(c.onupdate is not None or c.server_onupdate is not None for c in core.columns):
+        raise ValueError(f"{core.name} has an onupdate column: update it through SQLAlchemy")
     quote = dialect.identifier_preparer.quote
     sets = ", ".join(f"{quote(c)} = ?" for c in columns)
     wheres = " AND ".join(f"{quote(k)} = ?" for k in keys)
@@ -110,7 +114,8 @@ def _insert_sql(dialect: Dialect, table: type[SQLModel], columns: tuple[str, ...
     core = resources.core(table)
     # SQLAlchemy would fill a missing column's default; this names them all instead.
     missing = {c.name for c in core.columns if c is not core.autoincrement_column} - set(columns)
-    assert not missing, (core, missing)
+    if missing:
+        raise ValueError(f"{core.name}: an INSERT here names every column; no {sorted(missing)}")
     quote = dialect.identifier_preparer.quote
     names = ", ".join(quote(c) for c in columns)
     marks = ", ".join("?" for _ in columns)
