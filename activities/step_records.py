@@ -162,12 +162,8 @@ class StepRecords:
                 payload={**result.model_dump(exclude={"diff"}), "attempt": ran.attempt},
             )
             if ran.key is not None:
-                await step_runs.end(
-                    writes.session,
-                    ran.key,
-                    ran.attempt,
-                    ran.outcome,
-                    result.model_dump(mode="json"),
+                step_runs.end(
+                    writes, ran.key, ran.attempt, ran.outcome, result.model_dump(mode="json")
                 )
             if then is not None and ran.outcome == "succeeded" and then.admits(result):
                 key = step_runs.key(then.part, then.step.stage)
@@ -194,7 +190,7 @@ class StepRecords:
             )
             key = step_runs.key(link.part, stage)
             if key is not None:
-                await step_runs.end(writes.session, key, attempt, "canceled", {})
+                step_runs.end(writes, key, attempt, "canceled", {})
 
 
 def last_json(tail: list[str]) -> dict[str, Any]:

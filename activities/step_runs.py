@@ -21,6 +21,7 @@ from temporalio import activity
 
 from store import resources
 from store.models import StepRun, utcnow
+from store.writes import Writes
 
 FINAL = ("succeeded", "failed", "timed_out", "idle")
 
@@ -74,11 +75,9 @@ async def begin(session: AsyncSession, key: str, attempt: int, resource_id: str)
     return Begun(earlier=None, first=first and not rows)
 
 
-async def end(
-    session: AsyncSession, key: str, attempt: int, outcome: str, result: dict[str, Any]
-) -> None:
-    where = {"key": key, "attempt": attempt}
-    await resources.update(session, StepRun, where, {"outcome": outcome, "result": result})
+def end(writes: Writes, key: str, attempt: int, outcome: str, result: dict[str, Any]) -> None:
+    """In the transaction of the step's end record, with its other held writes."""
+    writes.update(StepRun, {"key": key, "attempt": attempt}, {"outcome": outcome, "result": result})
 
 
 async def forget(session: AsyncSession, resource_id: str) -> None:
