@@ -165,6 +165,8 @@ class StepRecords:
                 step_runs.end(
                     writes, ran.key, ran.attempt, ran.outcome, result.model_dump(mode="json")
                 )
+            # The next step's `begin` reads and writes its own key only, never this one's
+            # held end.
             if then is not None and ran.outcome == "succeeded" and then.admits(result):
                 key = step_runs.key(then.part, then.step.stage)
                 then.earlier = await self._write_start(

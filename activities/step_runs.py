@@ -76,7 +76,8 @@ async def begin(session: AsyncSession, key: str, attempt: int, resource_id: str)
 
 
 def end(writes: Writes, key: str, attempt: int, outcome: str, result: dict[str, Any]) -> None:
-    """In the transaction of the step's end record, with its other held writes."""
+    """In the transaction of the step's end record, held with its other writes until they
+    are flushed: a read of this key before then would still find the step started."""
     writes.update(StepRun, {"key": key, "attempt": attempt}, {"outcome": outcome, "result": result})
 
 

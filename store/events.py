@@ -68,7 +68,8 @@ async def append_many(session: AsyncSession, rows: list[dict[str, Any]]) -> None
         for owner in owners:  # sorted: two calls on the same resources lock them alike
             await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:r))"), {"r": owner})
     # A plain INSERT built once: the ORM's unit of work costs more than the statement on
-    # this path, which every step takes twice.
+    # this path, which every step takes twice. `Writes.flush` on SQLite writes its events
+    # past here, in its batch (store/sqlite_writes.py): what SQLite needs here, it needs too.
     await resources.insert_many(session, Event, stamped(rows))
     if postgres:
         # Delivered at commit, so it may precede the insert in the transaction.

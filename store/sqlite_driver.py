@@ -15,7 +15,9 @@ A write, and a commit, run on the event loop itself, without that trip (`_run_no
 row write by key takes microseconds, less than waking two threads. A write waits for
 nothing there: SQLite's busy timeout is 0 for it, and one that finds another process
 holding the lock goes to the connection's thread, to wait for it as any statement does.
-A commit in WAL mode takes no lock it does not hold already; the checkpoints that sync
+A batch of writes (`write`: a `Writes` flush) runs as one, the same way: on the loop, or,
+when its first statement meets another process's lock, all of it on the thread. A commit
+in WAL mode takes no lock it does not hold already; the checkpoints that sync
 the log into the database run on the thread (`CHECKPOINT_BYTES`). Reads stay on the
 thread, since some scan and the loop must not wait for them.
 

@@ -46,7 +46,7 @@ class DirectWrites:
         values = resources.checked(table, values)
         sql = _update_sql(self._dialect, table, tuple(where), tuple(values))
         pairs = [*values.items(), *where.items()]
-        self._statements.append((sql, self._row(sql, table, pairs), False))
+        self._statements.append((sql, self._params(sql, table, pairs), False))
 
     def insert_many(self, table: type[SQLModel], rows: list[dict[str, Any]]) -> None:
         """As `resources.insert_many`: rows with the same columns, every one but the
@@ -58,7 +58,7 @@ class DirectWrites:
         for row in rows[1:]:
             if row.keys() != rows[0].keys():
                 raise ValueError(f"{table.__tablename__}: rows name other columns than the first")
-        params = [self._row(sql, table, [(c, row[c]) for c in columns]) for row in rows]
+        params = [self._params(sql, table, [(c, row[c]) for c in columns]) for row in rows]
         self._statements.append((sql, params, True))
 
     async def run(self) -> None:
@@ -73,7 +73,7 @@ class DirectWrites:
             params = [s[1] for s in statements]
             raise sa.exc.DBAPIError.instance(sql, params, exc, sqlite3.Error) from exc
 
-    def _row(self, sql: str, table: type[SQLModel], pairs: list[tuple[str, Any]]) -> list[Any]:
+    def _params(self, sql: str, table: type[SQLModel], pairs: list[tuple[str, Any]]) -> list[Any]:
         # Errors as SQLAlchemy raises them, so callers and logs see one kind: a value its
         # column refuses (a naive time, what JSON cannot hold), then the database's own.
         try:

@@ -4,7 +4,8 @@ On the way to a step, an activity records what the workflow carried to it (decis
 deferred transitions) and the step's own start: several updates of the same rows and an
 event each. Run one statement at a time, those cost more than the step itself. `Writes`
 merges the updates of one row into one UPDATE (later values win, as they would have) and
-adds the events in one INSERT, in the order they came, when it is flushed.
+adds the events in one INSERT, in the order they came, when it is flushed. On SQLite the
+UPDATEs and the INSERT go to the driver as one batch (`sqlite_writes`).
 """
 
 from __future__ import annotations
@@ -55,15 +56,17 @@ class Writes:
         rows, self._rows = self._rows, {}
         held, self._events = self._events, []
         direct = await sqlite_writes.direct_writes(self.session) if rows or held else None
-        if direct is not None:
-            for (table, where), values in rows.items():
+        for (table, where), values in rows.items():
+            if direct is None:
+                await resources.update(self.session, table, dict(where), values)
+            else:
                 direct.update(table, dict(where), values)
+        if direct is None:
+            await events.append_many(self.session, held)
+        else:
+            # What `events.append_many` does on SQLite, in the batch.
             direct.insert_many(Event, events.stamped(held))
             await direct.run()
-            return
-        for (table, where), values in rows.items():
-            await resources.update(self.session, table, dict(where), values)
-        await events.append_many(self.session, held)
 
 
 @asynccontextmanager

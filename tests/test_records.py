@@ -4,6 +4,7 @@ first, in order, once."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -172,26 +173,28 @@ async def test_a_step_start_writes_what_it_carries_in_few_statements(
     def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         statements.append(statement.split()[0].upper())
 
-    # On SQLite a flush's statements go past SQLAlchemy's events (store/sqlite_writes.py):
-    # there the driver's own runs are counted, every statement once, an executemany too.
-    execute = sqlite_driver._run
+    # On SQLite a flush's statements go past SQLAlchemy's events (store/sqlite_writes.py),
+    # as one batch: there the driver's batches are recorded.
+    batches: list[list[str]] = []
+    write = sqlite_driver.write
 
-    def ran(connection: Any, many: bool, operation: str, parameters: Any) -> Any:
-        seen(None, None, operation)
-        return execute(connection, many, operation, parameters)
+    async def batched(connection: Any, given: Sequence[sqlite_driver.Statement]) -> None:
+        batches.append([operation.split()[0].upper() for operation, _, _ in given])
+        await write(connection, given)
 
     if is_sqlite(db.url):
-        monkeypatch.setattr(sqlite_driver, "_run", ran)
-    else:
-        sa.event.listen(db.engine.sync_engine, "before_cursor_execute", seen)
+        monkeypatch.setattr(sqlite_driver, "write", batched)
+    sa.event.listen(db.engine.sync_engine, "before_cursor_execute", seen)
     try:
         async with writing(db) as writes:
             await StepRecords(db)._write_start(writes, step, 1, ["true"], None)
     finally:
-        if not is_sqlite(db.url):
-            sa.event.remove(db.engine.sync_engine, "before_cursor_execute", seen)
+        sa.event.remove(db.engine.sync_engine, "before_cursor_execute", seen)
     writes_run = [s for s in statements if s in ("INSERT", "UPDATE")]
-    assert writes_run == ["UPDATE", "UPDATE", "UPDATE", "INSERT"], statements
+    if is_sqlite(db.url):  # all in one batch, none through SQLAlchemy
+        assert (writes_run, batches) == ([], [["UPDATE", "UPDATE", "UPDATE", "INSERT"]])
+    else:
+        assert writes_run == ["UPDATE", "UPDATE", "UPDATE", "INSERT"], statements
     async with db.session() as session:
         run = await session.get(Run, run_id)
         phases = {

@@ -23,7 +23,7 @@ from activities.step_series import SeriesInput, SeriesResult, StepSeries
 from activities.steps import Steps
 from settings import Settings
 from store.engine import Database
-from store.models import Artifact, Event
+from store.models import Artifact, Event, StepRun
 from store.writes import Writes
 
 
@@ -324,6 +324,13 @@ async def test_a_cancel_during_a_record_lets_it_end_and_ends_the_step_it_started
         ("stage_started", "b", "running"),
         ("step_finished", "b", "canceled"),
     ]
+    async with db.session() as session:
+        runs = (await session.exec(select(StepRun.key, StepRun.outcome))).all()
+    # A replay finds each step's end: b's too, written by the record that ended it unrun.
+    assert {key.split("/")[-1]: outcome for key, outcome in runs} == {
+        "a": "succeeded",
+        "b": "canceled",
+    }
 
 
 async def test_a_local_step_whose_changes_cannot_be_read_runs_again(
