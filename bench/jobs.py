@@ -34,7 +34,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from bench.raw import RawGate, RawSteps, run_true
+from bench.raw import RawGate, RawResult, RawSteps, run_true
 from settings import Settings
 from stack import DEV_SERVER_TUNING, temporal_binary
 from store import migrate
@@ -59,6 +59,20 @@ def beside_warm(ours_p50: float, warm_p50: float) -> str:
         f"    each sent {IDLE_S:g} s after its workflow was seen waiting; raw sent right"
         f" after its query p50 {warm_p50:5.1f} ms, ratio to that {ours_p50 / warm_p50:4.2f}x"
     )
+
+
+async def raw_result_ms(client: Client, idle: float) -> float:
+    """A raw Update, sent `idle` s after a query found its workflow waiting, to the one
+    activity it starts begun (`bench.raw.RawResult`), in ms. Needs a worker on `bench-raw`."""
+    handle = await client.start_workflow(
+        RawResult.run, id=f"raw-result-{uuid.uuid4()}", task_queue="bench-raw"
+    )
+    await handle.query(RawResult.waiting)
+    await asyncio.sleep(idle)
+    before = time.time()
+    await handle.execute_update(RawResult.post, "approve")
+    activity_started: float = await handle.result()
+    return (activity_started - before) * 1000
 
 
 def pct(values: list[float], q: float) -> float:

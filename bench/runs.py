@@ -26,7 +26,17 @@ import httpx
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from bench.jobs import IDLE_S, beside_warm, describe, pct, peak_kib, processes, ts, wait_ready
+from bench.jobs import (
+    IDLE_S,
+    beside_warm,
+    describe,
+    pct,
+    peak_kib,
+    processes,
+    raw_result_ms,
+    ts,
+    wait_ready,
+)
 from bench.raw import RawResult, RawSteps, run_true
 from temporal_client import connect
 
@@ -116,17 +126,6 @@ async def result_latency(http: httpx.AsyncClient, client: Client, rounds: int) -
     body = run_body(run_id, 1, rounds + 1, builder=TRUE, auditor=EXTERNAL)
     (await http.post("/runs/start", json=body)).raise_for_status()
 
-    async def raw_one(idle: float) -> float:
-        handle = await client.start_workflow(
-            RawResult.run, id=f"raw-result-{uuid.uuid4()}", task_queue="bench-raw"
-        )
-        await handle.query(RawResult.waiting)
-        await asyncio.sleep(idle)
-        before = time.time()
-        await handle.execute_update(RawResult.post, "approve")
-        activity_started: float = await handle.result()
-        return (activity_started - before) * 1000
-
     ours: list[float] = []
     raw: list[float] = []
     warm: list[float] = []
@@ -137,8 +136,8 @@ async def result_latency(http: httpx.AsyncClient, client: Client, rounds: int) -
         seen = (await wait_event(http, run_id, "auditor_awaited", phase, seen))["id"]
         # Raw's rounds while the run waits, so that neither runs beside the other; then
         # ours, once nothing has run for as long as raw's idle workflow waited.
-        raw.append(await raw_one(IDLE_S))
-        warm.append(await raw_one(0))
+        raw.append(await raw_result_ms(client, IDLE_S))
+        warm.append(await raw_result_ms(client, 0))
         await asyncio.sleep(IDLE_S)
         sent = datetime.now(UTC)
         answer = await http.post(

@@ -19,16 +19,14 @@ import argparse
 import asyncio
 import json
 import statistics
-import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from temporalio.client import Client
 from temporalio.worker import Worker
 
-from bench.jobs import Bench, pct, peak_kib, processes, ts, wait_ready
+from bench.jobs import Bench, pct, peak_kib, processes, raw_result_ms, ts, wait_ready
 from bench.raw import RawResult, run_true
 from temporal_client import connect
 from tests.fake_telegram import Call, FakeBotApi
@@ -80,17 +78,6 @@ async def api_one(bench: Bench) -> float:
     return await next_stage_ms(bench, job_id, sent)
 
 
-async def raw_one(client: Client) -> float:
-    handle = await client.start_workflow(
-        RawResult.run, id=f"raw-result-{uuid.uuid4()}", task_queue="bench-raw"
-    )
-    await handle.query(RawResult.waiting)
-    before = time.time()
-    await handle.execute_update(RawResult.post, "approve")
-    started: float = await handle.result()
-    return (started - before) * 1000
-
-
 def figures(values: list[float]) -> dict[str, float]:
     return {"p50": statistics.median(values), "p95": pct(values, 0.95)}
 
@@ -122,7 +109,7 @@ async def main(database_url: str | None, rounds: int) -> None:
                     for _ in range(rounds):
                         telegram.append(await press_one(bench, fake, hook))
                         api_side.append(await api_one(bench))
-                        raw.append(await raw_one(client))
+                        raw.append(await raw_result_ms(client, 0))
                 t, a, r = figures(telegram), figures(api_side), figures(raw)
                 edits = len(fake.called("editMessageText"))
                 print(
